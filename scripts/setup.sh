@@ -27,10 +27,14 @@ VPY="$VENV/bin/python"
 req_hash=$(hash_of requirements/*.txt)
 if ! stamp_ok pip "$req_hash"; then
   say "installing pinned requirements (ROS 2 Jazzy wheels, torch, transformers, ...)"
-  "$VPY" -m pip install -q --disable-pip-version-check \
-    -r requirements/ros-jazzy.txt -r requirements/python.txt -r requirements/dev.txt 2>&1 \
-    | grep -v "^WARNING: Location" || true
-  "$VPY" -c "import rclpy, torch, transformers, cv2, sentencepiece" \
+  mkdir -p build
+  if ! "$VPY" -m pip install -q --disable-pip-version-check \
+      -r requirements/ros-jazzy.txt -r requirements/python.txt -r requirements/dev.txt >build/pip.log 2>&1; then
+    grep -v "^WARNING: Location" build/pip.log | tail -20
+    echo "setup: installing the pinned requirements failed (log: build/pip.log)" >&2
+    exit 1
+  fi
+  "$VPY" -c "import rclpy, torch, transformers, cv2, sentencepiece, scipy" \
     || { echo "setup: dependency install failed" >&2; exit 1; }
   rm -f "$STAMPS/fix" "$STAMPS/build"
   stamp_set pip "$req_hash"
@@ -80,7 +84,8 @@ fi
 if ! "$VPY" -m pip show -q groma >/dev/null 2>&1; then
   say "installing the groma_ros library (editable) and its console scripts (groma, groma_node)"
   "$VPY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
-    -e . --config-settings editable_mode=compat 2>&1 | grep -v "^WARNING: Location" || true
+    -e . --config-settings editable_mode=compat >build/pip-editable.log 2>&1 \
+    || { tail -20 build/pip-editable.log; echo "setup: editable install failed" >&2; exit 1; }
 fi
 
 # 6. One activation file: the venv's own, extended with the ROS environment we need.

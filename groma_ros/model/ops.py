@@ -1,0 +1,165 @@
+"""Pure-torch replacements for the mmcv / torchvision operators the original imports.
+
+Semantics follow the originals' GPU kernels (what the released model ran with), not their CPU kernels:
+mmcv's CPU RoIAlign asserts on the negative-size RoIs that the released box convention produces.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """HF ``center_to_corners_format``: no clipping, same arithmetic order."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """HF Deformable-DETR inverse_sigmoid (clamp to [0, 1], both sides floored at eps)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of xyxy boxes (torchvision ``box_iou``: no +1 offset) -> [N, M]."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[:, None] + area2[None, :] - inter)
+
+
+def first_argmax(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise argmax that returns the FIRST maximum (torch only promises *a* maximum)."""
+    is_max = x == x.max(dim=-1, keepdim=True).values
+    idx = torch.arange(x.shape[-1], device=x.device).expand_as(x)
+    return torch.where(is_max, idx, x.shape[-1]).min(dim=-1).values
+
+
+def nms(
+    boxes_xyxy: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float,
+    score_threshold: float = 0.0,
+    max_num: int = -1,
+) -> torch.Tensor:
+    """mmcv ``nms(..., score_threshold, max_num)``: indices into the full candidate list, by descending score.
+
+    Keep scores > score_threshold, sort descending (stable, so equal scores keep candidate order), greedily
+    drop any box whose IoU with an already kept box is > iou_threshold, truncate to max_num. Runs on CPU in
+    float32 (a few hundred boxes; a python loop beats kernel launches).
+    """
+    boxes_xyxy = boxes_xyxy.detach().float().cpu()
+    scores = scores.detach().float().cpu()
+    valid = torch.nonzero(scores > score_threshold).flatten()
+    if valid.numel() == 0:
+        return valid
+    order = valid[torch.sort(scores[valid], descending=True, stable=True).indices]
+    ious = box_iou(boxes_xyxy[order], boxes_xyxy[order])
+    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if 0 < max_num <= len(keep):
+            break
+        suppressed |= ious[i] > iou_threshold
+    return order[torch.tensor(keep, dtype=torch.long)]
+
+
+def roi_align(
+    features: torch.Tensor,
+    rois: torch.Tensor,
+    output_size: int,
+    spatial_scale: float,
+    sampling_ratio: int = 2,
+    max_elements: int = 1 << 26,
+) -> torch.Tensor:
+    """mmcv RoIAlign (CUDA semantics), ``aligned=True``, average pooling, fixed ``sampling_ratio``.
+
+    features: [B, C, H, W]; rois: [K, 5] as (batch_index, x1, y1, x2, y2) in image coordinates.
+    Returns [K, C, output_size, output_size] in float32.
+
+    - aligned: coordinates are scaled then shifted by -0.5; RoI width/height are used as they are, even when
+      negative (no clamp to 1, no assert), so bins can run backwards;
+    - a sample outside [-1, H] x [-1, W] contributes 0; coordinates in [-1, 0] clamp to 0; samples past the
+      last row/column clamp to it;
+    - each bin is the mean of sampling_ratio² bilinear samples.
+    The four corner gathers are chunked over RoIs so memory stays below ``max_elements`` floats per corner.
+    """
+    features = features.float()
+    rois = rois.float()
+    _, channels, height, width = features.shape
+    n = output_size * sampling_ratio
+    start_w = rois[:, 1] * spatial_scale - 0.5
+    start_h = rois[:, 2] * spatial_scale - 0.5
+    bin_w = (rois[:, 3] * spatial_scale - 0.5 - start_w) / output_size
+    bin_h = (rois[:, 4] * spatial_scale - 0.5 - start_h) / output_size
+    # sample s of bin p sits at start + p*bin + (i + 0.5)*bin/ratio, computed in that order like the kernel
+    p = torch.arange(output_size, device=rois.device, dtype=torch.float32).repeat_interleave(sampling_ratio)
+    i = torch.arange(sampling_ratio, device=rois.device, dtype=torch.float32).repeat(output_size)
+    ys = start_h[:, None] + p * bin_h[:, None] + (i + 0.5) * bin_h[:, None] / sampling_ratio  # [K, n]
+    xs = start_w[:, None] + p * bin_w[:, None] + (i + 0.5) * bin_w[:, None] / sampling_ratio
+
+    def axis(coord: torch.Tensor, size: int):
+        inside = (coord >= -1.0) & (coord <= size)
+        coord = coord.clamp(min=0)
+        low = coord.floor().long()
+        at_end = low >= size - 1
+        low = torch.where(at_end, size - 1, low)
+        high = torch.where(at_end, size - 1, low + 1)
+        coord = torch.where(at_end, low.float(), coord)
+        frac = coord - low.float()
+        return low, high, 1 - frac, frac, inside
+
+    y_lo, y_hi, hy, ly, y_in = axis(ys, height)
+    x_lo, x_hi, hx, lx, x_in = axis(xs, width)
+    batch = rois[:, 0].long()
+    flat = features.transpose(0, 1).reshape(channels, -1)  # [C, B*H*W]: one gather serves every image
+    out = features.new_empty(len(rois), channels, output_size, output_size)
+    chunk = max(1, max_elements // max(1, channels * n * n))
+    for s in range(0, len(rois), chunk):
+        sl = slice(s, s + chunk)
+        base = batch[sl, None, None] * (height * width)
+
+        def gather(yi: torch.Tensor, xi: torch.Tensor, base: torch.Tensor = base) -> torch.Tensor:
+            idx = (base + yi[:, :, None] * width + xi[:, None, :]).flatten()  # [k*n*n]
+            return flat[:, idx].view(channels, -1, n, n).transpose(0, 1)  # [k, C, n, n]
+
+        w1 = (hy[sl, :, None] * hx[sl, None, :])[:, None]
+        w2 = (hy[sl, :, None] * lx[sl, None, :])[:, None]
+        w3 = (ly[sl, :, None] * hx[sl, None, :])[:, None]
+        w4 = (ly[sl, :, None] * lx[sl, None, :])[:, None]
+        val = (
+            w1 * gather(y_lo[sl], x_lo[sl])
+            + w2 * gather(y_lo[sl], x_hi[sl])
+            + w3 * gather(y_hi[sl], x_lo[sl])
+            + w4 * gather(y_hi[sl], x_hi[sl])
+        )
+        inside = (y_in[sl, :, None] & x_in[sl, None, :])[:, None]
+        val = torch.where(inside, val, 0.0)
+        k = val.shape[0]
+        val = val.view(k, channels, output_size, sampling_ratio, output_size, sampling_ratio)
+        out[sl] = val.sum(dim=(3, 5)) / float(sampling_ratio * sampling_ratio)
+    return out
+
+
+def sine_embed(values: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Interleaved sin/cos embedding of values already scaled to radians: [..., D] -> [..., D * num_feats].
+
+    dim_t = temperature^(2*floor(i/2)/num_feats); output order per value: sin(v/t0), cos(v/t1), sin(v/t2), ...
+    """
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=values.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+    pos = values.float()[..., None] / dim_t
+    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+    return pos.flatten(-2)

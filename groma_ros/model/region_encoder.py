@@ -1,0 +1,145 @@
+"""Groma's multi-level RoI region encoder (original ``MLVLROIQueryModule``, roi_align.py).
+
+Two stages so several region sets can reuse one image: ``fuse`` builds three fused feature maps from the last
+three vision hidden states (done once per image), ``forward`` pools boxes from them into LLM-width tokens.
+Widths 256 (box-position MLP), 1024 (RoI feature) and 4096 (output) were hard-coded upstream; here they are
+``region_pos_dim``, ``region_feat_dim`` and ``region_out_dim`` with those defaults.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .configuration_groma import GromaConfig
+from .ops import cxcywh_to_xyxy, roi_align
+
+
+class ConvGNReLU(nn.Module):
+    """mmcv ``ConvModule(3x3, norm=GN)``: conv without bias -> GroupNorm -> ReLU (names ``conv``/``gn``)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.gn = nn.GroupNorm(groups, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.gn(self.conv(x)))
+
+
+class MultiLevelFuse(nn.Module):
+    """``mlvl_fuse``: coordinate channels, per-level 1x1 conv, then rounds of cross-level channel shuffling.
+
+    In every round level l keeps its channels [0, D/2), takes [3D/4, D) from level min(l+1, 2) and [D/2, 3D/4)
+    from level max(l-1, 0) (both resized bilinearly, align_corners=True, in float32), then the round's shared
+    conv-GN-ReLU.
+    """
+
+    def __init__(self, dims: int, groups: int, num_levels: int = 3, num_fuse: int = 5):
+        super().__init__()
+        self.dims = dims
+        self.quarter = dims // 4
+        self.remain = dims - 2 * self.quarter
+        self.num_levels = num_levels
+        self.input_conv = nn.ModuleList(nn.Conv2d(dims + 2, dims, 1) for _ in range(num_levels))
+        self.fuse_convs = nn.ModuleList(ConvGNReLU(dims, groups) for _ in range(num_fuse))
+
+    @staticmethod
+    def _coords(feat: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = feat.shape
+        y, x = torch.meshgrid(
+            torch.linspace(-1, 1, h, device=feat.device),
+            torch.linspace(-1, 1, w, device=feat.device),
+            indexing="ij",
+        )
+        return torch.stack([x, y])[None].expand(b, -1, -1, -1).to(feat.dtype)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        feats = [
+            conv(torch.cat([f, self._coords(f)], dim=1))
+            for conv, f in zip(self.input_conv, feats, strict=True)
+        ]
+        last = self.num_levels - 1
+        for fuse in self.fuse_convs:
+            fused = []
+            for lvl, tar in enumerate(feats):
+                size = tar.shape[-2:]
+                top = feats[min(lvl + 1, last)][:, self.remain + self.quarter :]
+                down = feats[max(lvl - 1, 0)][:, self.remain : self.remain + self.quarter]
+                top = F.interpolate(top.float(), size=size, mode="bilinear", align_corners=True).to(tar.dtype)
+                down = F.interpolate(down.float(), size=size, mode="bilinear", align_corners=True).to(
+                    tar.dtype
+                )
+                fused.append(fuse(torch.cat([tar[:, : self.remain], top, down], dim=1)))
+            feats = fused
+        return feats
+
+
+class RoIHead(nn.Module):
+    """``roi_align`` (mmdet ``MlvlRoIExtractor``): per-level RoIAlign + 3x3 conv, sum, ReLU, flatten, MLPs."""
+
+    def __init__(self, config: GromaConfig, dims: int):
+        super().__init__()
+        self.output_size = config.roi_output_size
+        self.pconvs = nn.ModuleList(nn.Conv2d(dims, dims, 3, padding=1) for _ in range(3))
+        self.pos_embedd = nn.Sequential(
+            nn.Linear(4, config.region_pos_dim),
+            nn.ReLU(),
+            nn.LayerNorm(config.region_pos_dim),
+            nn.Linear(config.region_pos_dim, config.region_feat_dim),
+            nn.ReLU(),
+            nn.LayerNorm(config.region_feat_dim),
+        )
+        self.updims = nn.Linear(config.region_feat_dim, config.region_out_dim)
+        self.flatten_linear = nn.Linear(dims * self.output_size**2, config.region_feat_dim)
+
+
+class GromaRegionEncoder(nn.Module):
+    """``region_encoder``: fused multi-level maps -> one token per box."""
+
+    def __init__(self, config: GromaConfig):
+        super().__init__()
+        dims = config.vision_config.hidden_size
+        self.level_sizes = config.region_level_sizes
+        self.spatial_scales = config.roi_spatial_scales
+        self.image_size = config.image_size
+        self.convention = config.region_box_convention
+        self.mlvl_fuse = MultiLevelFuse(dims, config.region_gn_groups)
+        self.roi_align = RoIHead(config, dims)
+
+    def fuse(self, hidden_states: list[torch.Tensor], grid: int) -> list[torch.Tensor]:
+        """Last three hidden states (CLS dropped) -> three fused maps of sizes 4g, 2g, g ([B, D, s, s])."""
+        maps = []
+        for state, size in zip(hidden_states[-3:], self.level_sizes, strict=True):
+            b, _, d = state.shape
+            feat = state[:, 1:].reshape(b, grid, grid, d).permute(0, 3, 1, 2)
+            feat = F.interpolate(feat.float(), size=(size, size), mode="bilinear", align_corners=True)
+            maps.append(feat.to(state.dtype))
+        return self.mlvl_fuse(maps)
+
+    def rois(self, boxes_cxcywh: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        """[K, 5] RoIs in image pixels. ``original`` passes cx,cy,w,h as if they were x1,y1,x2,y2 (bug
+        the released weights depend on); ``corrected`` passes real corners."""
+        boxes = boxes_cxcywh.float()
+        if self.convention == "corrected":
+            boxes = cxcywh_to_xyxy(boxes)
+        return torch.cat([batch_index.float()[:, None], boxes * self.image_size], dim=1)
+
+    def forward(
+        self, maps: list[torch.Tensor], boxes_cxcywh: torch.Tensor, batch_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """maps from ``fuse``; boxes [K, 4] normalized cx,cy,w,h -> region tokens [K, region_out_dim]."""
+        head = self.roi_align
+        if batch_index is None:
+            batch_index = torch.zeros(len(boxes_cxcywh), dtype=torch.long, device=boxes_cxcywh.device)
+        rois = self.rois(boxes_cxcywh, batch_index)
+        dtype = maps[0].dtype
+        pooled = None
+        for lvl, (feat, scale) in enumerate(zip(maps, self.spatial_scales, strict=True)):
+            roi = roi_align(feat, rois, head.output_size, scale, sampling_ratio=2).to(dtype)
+            out = head.pconvs[lvl](roi)
+            pooled = out if pooled is None else pooled + out
+        pooled = F.relu(pooled).flatten(1)
+        tokens = head.flatten_linear(pooled) + head.pos_embedd(boxes_cxcywh.to(dtype))
+        return head.updims(tokens)

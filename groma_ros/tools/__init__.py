@@ -1,0 +1,1 @@
+"""Command-line tools: parity check against the original implementation, checkpoint conversion."""

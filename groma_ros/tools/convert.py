@@ -1,0 +1,55 @@
+"""Convert a Groma checkpoint directory (released ``pytorch_model.bin`` or ours) to safetensors.
+
+``python -m groma_ros.tools.convert SRC DST --dtype bf16`` loads SRC with the model's own loader (so every
+key is checked), casts to fp32/bf16/fp16 and writes ``DST/config.json`` + ``model*.safetensors`` in our
+naming. Tokenizer / generation / preprocessor files are copied along.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+COPY_FILES = (
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+)
+
+
+def convert(src: Path, dst: Path, dtype: str = "bf16", max_shard_gb: float = 5.0) -> Path:
+    from groma_ros.model import GromaForConditionalGeneration
+
+    if Path(dst).resolve() == Path(src).resolve():
+        raise ValueError("destination must differ from the source directory")
+    model = GromaForConditionalGeneration.from_pretrained(src, dtype=DTYPES[dtype], device="cpu")
+    model.save_pretrained(dst, max_shard_bytes=int(max_shard_gb * (1 << 30)))
+    for name in COPY_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+    return Path(dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--max-shard-gb", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    out = convert(args.src, args.dst, args.dtype, args.max_shard_gb)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

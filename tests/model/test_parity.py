@@ -1,0 +1,20 @@
+"""Parity with the original implementation on the shared fixture (README §7 tolerances)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from groma_ros.tools.parity import run_parity
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO.parent / "shared" / "groma_parity"))
+
+
+def test_parity_with_original(tmp_path):
+    if not (FIXTURE / "expected.npz").is_file():
+        pytest.fail(f"parity fixture missing: {FIXTURE} (set GROMA_PARITY_DIR to the groma_parity folder)")
+    results = run_parity(FIXTURE, work_dir=tmp_path, threads=2)
+    failed = [r.line() for r in results if not r.passed]
+    assert len(results) >= 70
+    assert not failed, "parity failures:\n" + "\n".join(failed)

@@ -295,7 +295,7 @@ class GromaNode(LifecycleNode):
     def _on_query(self, msg: String) -> None:
         p = self.params
         request = Request(self._next_query_id(), msg.data, int(Task.AUTO), lift_3d=bool(p and p.use_depth))
-        self.handle(request, lambda answer: None)
+        self.submit_request(request, lambda answer: None)
 
     def _execute_goal(self, goal_handle: Any) -> Ground.Result:
         goal = goal_handle.request
@@ -318,7 +318,7 @@ class GromaNode(LifecycleNode):
             box.append(answer)
             done.set()
 
-        self.handle(request, on_answer, precheck_error=problem)
+        self.submit_request(request, on_answer, precheck_error=problem)
         while not done.wait(0.5):
             if not rclpy.ok():
                 break
@@ -332,7 +332,7 @@ class GromaNode(LifecycleNode):
             goal_handle.abort()
         return Ground.Result(answer=answer)
 
-    def handle(self, request: Request, on_answer: Callable[[GroundedAnswer], None],
+    def submit_request(self, request: Request, on_answer: Callable[[GroundedAnswer], None],
                precheck_error: str = "") -> None:
         """Validate, pick the frame, queue the job; ``on_answer`` is called exactly once (maybe right away)."""
         model_id = self.engine.model_id if self.engine is not None else ""
@@ -694,3 +694,7 @@ def main(args: list[str] | None = None) -> int:
         if rclpy.ok():
             rclpy.shutdown()
     return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""The Groma node in its own process, over real DDS: inputs, queries, answers, 3-D, lifecycle, errors.
+
+One node process (tiny random model in the released format, started with the README's
+``--params-file`` + remapping form) serves most tests; tests run in file order, and the first one
+expects that no frame has arrived yet.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="needs the ROS 2 venv from scripts/setup.sh")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from groma_ros.action import Ground  # noqa: E402
+from groma_ros.msg import GroundedAnswer, GroundedDetection3DArray  # noqa: E402
+from lifecycle_msgs.msg import State, Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rclpy.action import ActionClient  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_msgs.msg import Header, String  # noqa: E402
+
+from groma_ros.ros.image_codec import cv2_to_compressed_imgmsg, cv2_to_imgmsg  # noqa: E402
+from groma_ros.ros.messages import box_to_msg  # noqa: E402
+from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
+
+pytestmark = pytest.mark.ros
+ROOT = Path(__file__).resolve().parents[2]
+W, H = 320, 240
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+FX = FY = 300.0
+CX, CY = W / 2 - 0.5, H / 2 - 0.5
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"), endless=True)
+
+
+def start_node(model_dir: Path, log_path: Path, *extra: str) -> subprocess.Popen:
+    """``groma_node --ros-args --params-file config/groma.yaml -p ... -r image:=/cam/image_raw ...``"""
+    args = [sys.executable, "-m", "groma_ros.ros.node", "--ros-args",
+            "--params-file", str(ROOT / "config" / "groma.yaml"),
+            "-p", f"model.path:={model_dir}", "-p", "model.num_threads:=1",
+            "-r", "image:=/cam/image_raw", "-r", "image/compressed:=/cam/image_raw/compressed",
+            "-r", "camera_info:=/cam/camera_info", "-r", "depth/image:=/cam/depth",
+            "-r", "depth/camera_info:=/cam/depth_info", *extra]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(args, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(2)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class Peer:
+    """The robot around the node: a camera, a speech front-end, a planner listening for answers."""
+
+    def __init__(self, name: str, node_name: str = "groma") -> None:
+        self.node = rclpy.create_node(name)
+        n = self.node
+        self.base = f"/{node_name}"
+        self.camera = n.create_publisher(Image, "/cam/image_raw", RELIABLE)
+        self.camera_best_effort = n.create_publisher(Image, "/cam/image_raw", qos_profile_sensor_data)
+        self.compressed = n.create_publisher(
+            __import__("sensor_msgs.msg", fromlist=["CompressedImage"]).CompressedImage,
+            "/cam/image_raw/compressed", RELIABLE)
+        self.depth = n.create_publisher(Image, "/cam/depth", RELIABLE)
+        self.depth_info = n.create_publisher(CameraInfo, "/cam/depth_info", RELIABLE)
+        self.query = n.create_publisher(String, f"{self.base}/query", RELIABLE)
+        self.answers: list[GroundedAnswer] = []
+        self.answers_3d: list[GroundedDetection3DArray] = []
+        n.create_subscription(GroundedAnswer, f"{self.base}/answer", self.answers.append, RELIABLE)
+        n.create_subscription(GroundedDetection3DArray, f"{self.base}/detections_3d", self.answers_3d.append,
+                              RELIABLE)
+        self.action = ActionClient(n, Ground, f"{self.base}/ground")
+        self.change_state = n.create_client(ChangeState, f"{self.base}/change_state")
+        self.get_state = n.create_client(GetState, f"{self.base}/get_state")
+
+    def spin_until(self, predicate, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            rclpy.spin_once(self.node, timeout_sec=0.05)
+            if predicate():
+                return True
+        return False
+
+    def wait_active(self, timeout: float = 60.0) -> bool:
+        return self.spin_until(lambda: self.node.count_subscribers(f"{self.base}/query") > 0
+                               and self.node.count_subscribers("/cam/image_raw") > 0
+                               and self.node.count_publishers(f"{self.base}/answer") > 0, timeout)
+
+    def stamp_now(self, offset_s: float = 0.0) -> Time:
+        ns = self.node.get_clock().now().nanoseconds + int(offset_s * 1e9)
+        return Time(sec=ns // 10**9, nanosec=ns % 10**9)
+
+    def publish_frame(self, image: np.ndarray | None = None, stamp: Time | None = None, best_effort: bool = False,
+                      frame_id: str = "cam_optical_frame") -> Header:
+        image = scene_image() if image is None else image
+        header = Header(stamp=stamp or self.stamp_now(), frame_id=frame_id)
+        (self.camera_best_effort if best_effort else self.camera).publish(cv2_to_imgmsg(image, "rgb8", header))
+        self.spin_until(lambda: False, 0.3)  # let DDS deliver before the query races it
+        return header
+
+    def ask(self, text: str, timeout: float = 30.0) -> GroundedAnswer:
+        """Publish on ~/query and return the single answer to it (and check no second one comes)."""
+        before = len(self.answers)
+        self.query.publish(String(data=text))
+        assert self.spin_until(lambda: len(self.answers) > before, timeout), f"no answer to {text!r}"
+        self.spin_until(lambda: False, 0.3)
+        new = [a for a in self.answers[before:] if a.query == text]
+        assert len(new) == 1, [(a.query_id, a.status) for a in new]
+        return new[0]
+
+    def send_goal(self, goal: Ground.Goal, feedback: list | None = None):
+        assert self.action.wait_for_server(timeout_sec=20)
+        future = self.action.send_goal_async(
+            goal, feedback_callback=(lambda f: feedback.append(f.feedback)) if feedback is not None else None)
+        assert self.spin_until(future.done, 10)
+        handle = future.result()
+        assert handle.accepted
+        return handle
+
+    def result_of(self, handle, timeout: float = 60.0) -> GroundedAnswer:
+        future = handle.get_result_async()
+        assert self.spin_until(future.done, timeout)
+        return future.result().result.answer
+
+    def lifecycle(self, transition: int) -> bool:
+        assert self.change_state.wait_for_service(timeout_sec=10)
+        future = self.change_state.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        assert self.spin_until(future.done, 60)
+        return future.result().success
+
+    def state(self) -> int:
+        assert self.get_state.wait_for_service(timeout_sec=10)
+        future = self.get_state.call_async(GetState.Request())
+        assert self.spin_until(future.done, 10)
+        return future.result().current_state.id
+
+
+def scene_image(w: int = W, h: int = H) -> np.ndarray:
+    """A small non-square scene (the node must report boxes in these pixels, not the model's)."""
+    img = np.full((h, w, 3), 30, np.uint8)
+    img[60:140, 40:120] = (220, 30, 30)
+    img[100:200, 180:290] = (30, 30, 220)
+    return img
+
+
+def camera_info(header: Header, w: int = W, h: int = H) -> CameraInfo:
+    info = CameraInfo(header=header, width=w, height=h, distortion_model="plumb_bob")
+    info.k = [FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0]
+    info.p = [FX, 0.0, CX, 0.0, 0.0, FY, CY, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+@pytest.fixture(scope="module")
+def ros_context():
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+@pytest.fixture(scope="module")
+def node(model_dir, ros_context, tmp_path_factory):
+    log = tmp_path_factory.mktemp("node") / "node.log"
+    proc = start_node(model_dir, log, "-p", "use_depth:=true", "-p", "queue_size:=1", "-p", "max_image_age_s:=5.0")
+    peer = Peer("test_robot")
+    try:
+        assert peer.wait_active(), log.read_text()
+        yield peer, proc, log
+    finally:
+        stop_node(proc)
+        peer.node.destroy_node()
+
+
+def test_no_image_yet_gives_no_image(node):
+    peer, _, _ = node
+    answer = peer.ask("where is the red mug?")
+    assert answer.status == GroundedAnswer.NO_IMAGE
+    assert "no image received yet on /cam/image_raw" in answer.error
+    assert answer.query_id
+
+
+def test_query_gets_one_answer_with_source_header_and_pixel_boxes(node):
+    peer, _, _ = node
+    header = peer.publish_frame()
+    answer = peer.ask("pick up the red mug")
+    assert answer.status == GroundedAnswer.OK, answer.error
+    assert answer.header == header
+    assert answer.detections.header == header
+    assert (answer.detections.image_width, answer.detections.image_height) == (W, H)
+    assert answer.task == GroundedAnswer.REFER
+    assert answer.model_id and answer.prompt_tokens > 0 and answer.completion_tokens > 0
+    for det in answer.detections.detections:
+        x1 = det.bbox.center.position.x - det.bbox.size_x / 2
+        y1 = det.bbox.center.position.y - det.bbox.size_y / 2
+        assert -1e-3 <= x1 and x1 + det.bbox.size_x <= W + 1e-3
+        assert -1e-3 <= y1 and y1 + det.bbox.size_y <= H + 1e-3
+        assert det.header == header and det.results[0].hypothesis.score == pytest.approx(det.proposal_score)
+
+
+def test_best_effort_camera_also_reaches_the_node(node):
+    peer, _, _ = node
+    header = peer.publish_frame(best_effort=True, frame_id="best_effort_optical_frame")
+    answer = peer.ask("where is the blue box?")
+    assert answer.status == GroundedAnswer.OK, answer.error
+    assert answer.header == header
+
+
+def test_action_streams_feedback_and_returns_the_answer(node):
+    peer, _, _ = node
+    header = peer.publish_frame()
+    feedback: list = []
+    handle = peer.send_goal(Ground.Goal(query="what do you see?", task=GroundedAnswer.VQA, max_new_tokens=6),
+                            feedback)
+    answer = peer.result_of(handle)
+    assert answer.status == GroundedAnswer.OK, answer.error
+    assert answer.header == header and answer.task == GroundedAnswer.VQA
+    assert answer.completion_tokens == 6
+    stages = [f.stage for f in feedback]
+    assert Ground.Feedback.STAGE_PERCEIVING in stages and Ground.Feedback.STAGE_GENERATING in stages
+    partial = [f.partial_text for f in feedback if f.stage == Ground.Feedback.STAGE_GENERATING]
+    assert partial[-1] == answer.raw_text
+    assert peer.spin_until(lambda: any(a.query_id == answer.query_id for a in peer.answers), 5)
+
+
+def test_action_cancel_stops_generation_between_tokens(node):
+    peer, _, _ = node
+    peer.publish_frame()
+    feedback: list = []
+    handle = peer.send_goal(Ground.Goal(query="tell me a story", task=GroundedAnswer.VQA, max_new_tokens=1000),
+                            feedback)
+    assert peer.spin_until(lambda: any(f.stage == Ground.Feedback.STAGE_GENERATING for f in feedback), 30)
+    cancel = handle.cancel_goal_async()
+    assert peer.spin_until(cancel.done, 10)
+    answer = peer.result_of(handle)
+    assert answer.status == GroundedAnswer.CANCELED
+    assert 0 < answer.completion_tokens < 1000
+
+
+def test_full_queue_answers_busy_and_every_goal_gets_one_result(node):
+    peer, _, _ = node
+    peer.publish_frame()
+    handles = [peer.send_goal(Ground.Goal(query=f"story {i}", task=GroundedAnswer.VQA, max_new_tokens=1000))
+               for i in range(4)]
+    # queue_size=1: one runs, one waits, the others are BUSY at once
+    futures = [h.get_result_async() for h in handles]
+    assert peer.spin_until(lambda: sum(f.done() for f in futures) >= 2, 20)
+    busy = [f.result().result.answer for f in futures if f.done()]
+    assert all(a.status == GroundedAnswer.BUSY for a in busy), [a.status for a in busy]
+    assert "queue_size=1" in busy[0].error
+    for h, f in zip(handles, futures, strict=True):
+        if not f.done():
+            h.cancel_goal_async()
+    assert peer.spin_until(lambda: all(f.done() for f in futures), 60)
+    statuses = sorted(f.result().result.answer.status for f in futures)
+    assert statuses.count(GroundedAnswer.BUSY) == 2 and statuses.count(GroundedAnswer.CANCELED) == 2
+
+
+def test_stale_frame_and_unknown_stamp(node):
+    peer, _, _ = node
+    old = peer.publish_frame(stamp=peer.stamp_now(-60.0))
+    answer = peer.ask("where is the cup?")
+    assert answer.status == GroundedAnswer.STALE_IMAGE
+    assert "max_image_age_s=5.0" in answer.error and answer.header == old
+    handle = peer.send_goal(Ground.Goal(query="where is the cup?", image_stamp=Time(sec=12, nanosec=5)))
+    answer = peer.result_of(handle)
+    assert answer.status == GroundedAnswer.NO_IMAGE and "no buffered frame with stamp 12000000005" in answer.error
+
+
+def test_bad_requests_are_answered_not_dropped(node):
+    peer, _, _ = node
+    peer.publish_frame()
+    assert peer.ask("   ").status == GroundedAnswer.BAD_REQUEST
+    box = box_to_msg((10.0, 10.0, 50.0, 50.0))
+    box.size_x = float("nan")
+    answer = peer.result_of(peer.send_goal(Ground.Goal(query="what is this?", regions=[box])))
+    assert answer.status == GroundedAnswer.BAD_REQUEST and "non-finite" in answer.error
+    answer = peer.result_of(peer.send_goal(Ground.Goal(query="x", task=42)))
+    assert answer.status == GroundedAnswer.BAD_REQUEST and "unknown task 42" in answer.error
+
+
+@pytest.mark.parametrize("defect", ["wrong_step", "short_data", "unknown_encoding"])
+def test_malformed_image_gets_an_error_answer_and_the_node_keeps_serving(node, defect):
+    peer, proc, _ = node
+    msg = cv2_to_imgmsg(scene_image(), "rgb8", Header(stamp=peer.stamp_now(), frame_id="cam_optical_frame"))
+    if defect == "wrong_step":
+        msg.step = W  # one byte per pixel for an rgb8 image
+    elif defect == "short_data":
+        msg.data = bytes(msg.data[: len(msg.data) // 2])
+    else:
+        msg.encoding = "yuv_super_422"
+    peer.camera.publish(msg)
+    peer.spin_until(lambda: False, 0.3)
+    answer = peer.ask(f"where is the mug ({defect})?")
+    assert answer.status == GroundedAnswer.NO_IMAGE
+    assert "could not be decoded" in answer.error
+    peer.publish_frame()
+    assert peer.ask("where is the mug now?").status == GroundedAnswer.OK
+    assert proc.poll() is None
+
+
+@pytest.mark.parametrize(("encoding", "z"), [("16UC1", 1.5), ("32FC1", 2.25)])
+def test_depth_lifts_boxes_to_3d_points(node, encoding, z):
+    peer, _, _ = node
+    stamp = peer.stamp_now()
+    header = Header(stamp=stamp, frame_id="cam_optical_frame")
+    # depth at half resolution (registered): the node must scale boxes and intrinsics
+    dw, dh = W // 2, H // 2
+    if encoding == "16UC1":
+        depth = np.full((dh, dw), int(z * 1000), np.uint16)
+        depth[::7, ::5] = 0  # invalid pixels
+    else:
+        depth = np.full((dh, dw), z, np.float32)
+        depth[::7, ::5] = np.nan
+    peer.depth_info.publish(camera_info(header))
+    peer.depth.publish(cv2_to_imgmsg(depth, encoding, header))
+    peer.publish_frame(stamp=stamp)
+    before = len(peer.answers_3d)
+    handle = peer.send_goal(Ground.Goal(query="", task=GroundedAnswer.DETECT, lift_3d=True))
+    answer = peer.result_of(handle)
+    assert answer.status == GroundedAnswer.OK, answer.error
+    assert peer.spin_until(lambda: len(peer.answers_3d) > before, 10)
+    lifted = peer.answers_3d[-1]
+    assert lifted.query_id == answer.query_id and lifted.header.stamp == stamp
+    assert lifted.header.frame_id == "cam_optical_frame"
+    by_id = {d.id: d for d in answer.detections.detections}
+    assert len(lifted.detections) >= 1
+    for det3 in lifted.detections:
+        det2 = by_id[det3.id]
+        u, v = det2.bbox.center.position.x, det2.bbox.center.position.y
+        # back-projection of the box centre (pixel-edge coordinates) with the colour intrinsics
+        expect = ((u - 0.5 - CX) * z / FX, (v - 0.5 - CY) * z / FY, z)
+        got = det3.bbox.center.position
+        assert (got.x, got.y, got.z) == pytest.approx(expect, abs=0.02)
+        assert det3.valid_depth_points > 0
+        pose = det2.results[0].pose.pose.position
+        assert (pose.x, pose.y, pose.z) == pytest.approx(expect, abs=0.02)
+
+
+def test_deactivate_frees_the_model_and_activate_reloads_it(node):
+    peer, proc, _ = node
+    psutil = pytest.importorskip("psutil")
+    rss_active = psutil.Process(proc.pid).memory_info().rss
+    assert peer.lifecycle(Transition.TRANSITION_DEACTIVATE)
+    assert peer.state() == State.PRIMARY_STATE_INACTIVE
+    rss_inactive = psutil.Process(proc.pid).memory_info().rss
+    answer = peer.result_of(peer.send_goal(Ground.Goal(query="where is the mug?")))
+    assert answer.status == GroundedAnswer.MODEL_ERROR and "not active" in answer.error
+    assert peer.lifecycle(Transition.TRANSITION_ACTIVATE)
+    assert peer.wait_active()
+    peer.publish_frame()
+    assert peer.ask("where is the mug after reactivation?").status == GroundedAnswer.OK
+    assert rss_inactive <= rss_active
+
+
+def test_compressed_transport(model_dir, ros_context, tmp_path):
+    proc = start_node(model_dir, tmp_path / "node.log", "-p", "image_transport:=compressed",
+                      "-r", "__node:=groma_compressed")
+    peer = Peer("test_compressed", node_name="groma_compressed")
+    try:
+        assert peer.spin_until(lambda: peer.node.count_subscribers("/cam/image_raw/compressed") > 0
+                               and peer.node.count_subscribers("/groma_compressed/query") > 0, 60), \
+            (tmp_path / "node.log").read_text()
+        header = Header(stamp=peer.stamp_now(), frame_id="cam_optical_frame")
+        peer.compressed.publish(cv2_to_compressed_imgmsg(scene_image()[:, :, ::-1].copy(), "jpeg", header=header))
+        peer.spin_until(lambda: False, 0.3)
+        answer = peer.ask("where is the red square?")
+        assert answer.status == GroundedAnswer.OK, answer.error
+        assert answer.header == header
+        assert (answer.detections.image_width, answer.detections.image_height) == (W, H)
+    finally:
+        stop_node(proc)
+        peer.node.destroy_node()
+
+
+def test_out_of_range_parameter_fails_configure_with_a_clear_log(model_dir, ros_context, tmp_path):
+    log = tmp_path / "node.log"
+    proc = start_node(model_dir, log, "-p", "queue_size:=0", "-r", "__node:=groma_bad")
+    peer = Peer("test_bad_params", node_name="groma_bad")
+    try:
+        assert peer.get_state.wait_for_service(timeout_sec=30), log.read_text()
+        assert peer.state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert proc.poll() is None
+        text = log.read_text()
+        assert "configure failed" in text and "queue_size" in text
+    finally:
+        stop_node(proc)
+        peer.node.destroy_node()

@@ -1,0 +1,25 @@
+"""The Groma engine: perceive a frame once, answer many grounded queries (no ROS).
+
+Exports resolve lazily so ``groma_ros.engine.types`` (plain dataclasses) imports without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GromaEngine": "engine", "BadRequestError": "engine", "ModelLoadError": "engine",
+    "ModelNotFoundError": "engine", "QueryTrace": "engine", "default_model_dir": "engine",
+    "FrameCache": "perception", "Perception": "perception", "PrefixState": "perception",
+    "Answer": "types", "BoxXYXY": "types", "GroundedItem": "types", "Region": "types", "Status": "types",
+    "Task": "types", "Timings": "types",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

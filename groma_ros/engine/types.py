@@ -23,7 +23,7 @@ class Task(enum.IntEnum):
     VQA = 5
 
     @classmethod
-    def parse(cls, value: "str | int | Task") -> "Task":
+    def parse(cls, value: str | int | Task) -> Task:
         """Accept ``Task``, its int value or a case-insensitive name (``"grounded_caption"``)."""
         if isinstance(value, Task):
             return value
@@ -111,3 +111,4 @@ class Answer:
     completion_tokens: int = 0
     cached_prefix: bool = False  # True when the frame's prompt prefix came from the cache
     canceled: bool = False
+    warnings: list[str] = field(default_factory=list)  # parser repairs of malformed model output

@@ -11,20 +11,20 @@ from pathlib import Path
 
 import torch
 
+from groma_ros.engine import prompts
 from groma_ros.model.tokenization_groma import GromaTokenizer, train_sentencepiece
 from groma_ros.testing.checkpoints import make_random_checkpoint, tiny_config
 
 TINY_VOCAB = 320  # SentencePiece with byte fallback needs > 259 pieces
 
 _CORPUS = [
-    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-    "detailed, and polite answers to the user's questions.",
-    "USER: Here is an image with region crops from it. Image: . Regions: . ASSISTANT: Thank you for the "
-    "image! How can I assist you with it?",
-    "Locate the red mug in the image. Locate all the cups in this image. Where is the red circle?",
-    "Describe the image briefly. What is this? What colour is it? How many circles are there? yes no",
-    "pick up the blue square, grab the small green star, find the large yellow triangle, point to it",
-]
+    prompts.PREFIX,
+    "USER: Locate the red mug in the image. ASSISTANT:",
+    "Locate all the cups in this image. Give me a concise description of the image.",
+    "Please briefly describe the region. What is this? What colour is it? How many circles are there? yes no",
+    "a red circle above a blue square next to a large green triangle on the table",
+    "pick up the small yellow triangle left of the white mug, grab a spoon and a fork 0123456789",
+] * 4
 
 
 def make_tiny_model_dir(directory: str | Path, seed: int = 0, endless: bool = False) -> Path:
@@ -45,6 +45,6 @@ def make_tiny_model_dir(directory: str | Path, seed: int = 0, endless: bool = Fa
         state = torch.load(weights, map_location="cpu", weights_only=True)
         state["llm.lm_head.weight"][2].zero_()
         torch.save(state, weights)
-    model_file = train_sentencepiece(_CORPUS * 20, TINY_VOCAB, directory / "tokenizer.model")
-    GromaTokenizer.from_model_file(model_file).save_pretrained(directory)
+    model_file = train_sentencepiece(_CORPUS, TINY_VOCAB, directory / "sp" / "tokenizer.model")
+    GromaTokenizer.from_model_file(model_file, legacy=False).save_pretrained(directory)  # as Vicuna v1.5
     return directory

@@ -138,8 +138,8 @@ def run_parity(
     device: str = "cpu",
 ) -> list[Comparison]:
     """Run the full parity check; returns one ``Comparison`` per array of expected.npz."""
+    from groma_ros.engine.preprocess import preprocess, read_rgb
     from groma_ros.model import GromaForConditionalGeneration
-    from groma_ros.model.image_processing import preprocess_rgb, read_rgb
     from groma_ros.testing.checkpoints import fixture_state_dict, write_release_checkpoint
 
     torch.set_num_threads(threads)
@@ -163,7 +163,7 @@ def run_parity(
         )
         model = GromaForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32, device=device)
         got: dict[str, object] = {}
-        pixels = preprocess_rgb(read_rgb(fixture_dir / "image.png"), model.config.image_size)
+        pixels = preprocess(read_rgb(fixture_dir / "image.png"), model.config.image_size)
         got["pixel_values_sample"] = pixels[0, :, ::64, ::64]
         got["pixel_values_digest"] = np.concatenate(
             [_digest(pixels), pixels[0].double().mean(dim=(1, 2)).numpy()]

@@ -8,12 +8,11 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="needs the ROS 2 venv from scripts/setup.sh")
 
+from groma_ros.action import Ground  # noqa: E402
+from groma_ros.msg import GroundedAnswer, GroundedDetection  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-
-from groma_ros.action import Ground  # noqa: E402
-from groma_ros.msg import GroundedAnswer, GroundedDetection  # noqa: E402
 
 from groma_ros.testing.ros_processes import log_of, start_python, stop  # noqa: E402
 

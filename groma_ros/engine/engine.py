@@ -1,0 +1,547 @@
+"""GromaEngine: perceive a frame once, answer many questions about it.
+
+Per frame (``perceive``, cached by ``frame_id``): preprocess → DINOv2 + proposer + region maps → NMS
+(deterministic, score order) → region tokens → the prompt prefix (system text, image tokens, region pairs)
+prefilled once into a KV cache. Per question (``ask``): tokenize only the suffix (the user turn), run it on a
+fork of the cached prefix, decode greedily with streaming and cancel, parse tags into grounded items.
+The result equals a from-scratch forward of the whole prompt (tested), at a fraction of the cost.
+
+REGION_QA user boxes join the NMS candidates (score 1.0) as in the original, which changes the region
+list, so they get their own prefix per box set (built from the frame's cached vision output).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from . import parsing, prompts
+from .generation import GenerationOutput, greedy_decode
+from .perception import (
+    FrameCache,
+    Perception,
+    PrefixState,
+    boxes_to_pixels,
+    clip_user_box,
+    fork_cache,
+    pixels_to_cxcywh,
+)
+from .preprocess import ImageError, Interpolation, check_image, preprocess
+from .types import Answer, BoxXYXY, GroundedItem, Region, Task, Timings
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+DEFAULT_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.model")
+DEFAULT_CACHE_BYTES = 2 << 30
+PROGRESS_MIN_BYTES = 256 << 20  # show a load progress bar only for checkpoints at least this big
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+class BadRequestError(ValueError):
+    """The caller's request is unusable (empty query, bad boxes, bad image); maps to Status.BAD_REQUEST."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory is missing or could not be loaded."""
+
+
+class ModelNotFoundError(ModelLoadError, FileNotFoundError):
+    """No model directory (or a required file in it) exists."""
+
+
+@dataclass
+class QueryTrace:
+    """Internals of one query, for tests and benchmarks: prompt ids and the per-step logits."""
+
+    prefix_ids: torch.Tensor  # [1, T_prefix] expanded LLM ids of the cached prefix
+    suffix_ids: torch.Tensor  # [1, T_suffix] LLM ids of the query (after <refer_box> → <r k>)
+    prompt_ids: list[int]  # the unexpanded prompt (prefix + suffix) exactly as the tokenizer gives it
+    generation: GenerationOutput = field(default_factory=GenerationOutput)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _StageClock:
+    """Times named submodules during one call via forward hooks (the model runs them inside one method)."""
+
+    def __init__(self, device: torch.device, stages: dict[str, list[torch.nn.Module]]) -> None:
+        self.device = device
+        self.ms: dict[str, float] = {}
+        self._handles = []
+        for name, modules in stages.items():
+            for m in modules:
+                self._handles.append(m.register_forward_pre_hook(self._start(name)))
+                self._handles.append(m.register_forward_hook(self._stop(name)))
+        self._t0: dict[str, float] = {}
+
+    def _start(self, name: str):
+        def hook(*_):
+            _sync(self.device)
+            self._t0[name] = time.perf_counter()
+
+        return hook
+
+    def _stop(self, name: str):
+        def hook(*_):
+            _sync(self.device)
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - self._t0.pop(name)) * 1000.0
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def default_model_dir() -> Path:
+    """Directory of the embedded default model (may not exist yet)."""
+    return DEFAULT_MODEL_DIR
+
+
+def resolve_model_dir(path: str | os.PathLike | None) -> Path:
+    """``path`` or the embedded default model; ``ModelNotFoundError`` naming exactly what is missing."""
+    if path is None:
+        d = DEFAULT_MODEL_DIR
+        missing = [f for f in DEFAULT_MODEL_FILES if not (d / f).is_file()]
+        if missing:
+            raise ModelNotFoundError(
+                f"no model given and the embedded default model is not installed: missing "
+                f"{', '.join(str(d / f) for f in missing)}. Pass a model directory (--model DIR / path=...) "
+                "holding config.json, the weights (pytorch_model.bin or *.safetensors) and tokenizer.model."
+            )
+        return d
+    d = Path(path).expanduser()
+    if not d.is_dir():
+        raise ModelNotFoundError(f"model directory {d} does not exist")
+    missing = [f for f in ("config.json", "tokenizer.model") if not (d / f).is_file()]
+    has_weights = any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))
+    if not has_weights:
+        missing.append("weights (pytorch_model.bin or *.safetensors)")
+    if missing:
+        raise ModelNotFoundError(f"model directory {d} is incomplete: missing {', '.join(missing)}")
+    return d
+
+
+@contextlib.contextmanager
+def _load_progress(directory: Path, enabled: bool) -> Iterator[None]:
+    """A tqdm bar (bytes) while a large checkpoint loads: advances per weight file, ticks elapsed time."""
+    files = [p for p in directory.iterdir() if p.suffix in (".bin", ".safetensors") and p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    if not enabled or total < PROGRESS_MIN_BYTES:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    from groma_ros.model import checkpoint
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {directory.name}", leave=False)
+    original = checkpoint._load_file
+    stop = threading.Event()
+
+    def load_file(path: Path):
+        out = original(path)
+        bar.update(Path(path).stat().st_size)
+        return out
+
+    def tick() -> None:
+        while not stop.wait(0.5):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    checkpoint._load_file = load_file
+    ticker.start()
+    try:
+        yield
+    finally:
+        checkpoint._load_file = original
+        stop.set()
+        ticker.join()
+        bar.close()
+
+
+class GromaEngine:
+    """Perceive-once, ask-many Groma inference (no ROS). Thread-safe: calls are serialized."""
+
+    def __init__(self, model, tokenizer, *, model_id: str = "groma", cache_frames: int = 4,
+                 cache_bytes: int | None = DEFAULT_CACHE_BYTES, interpolation: Interpolation = "bilinear") -> None:
+        cfg = model.config
+        if tokenizer.vocab_size != cfg.llm_cfg.vocab_size or len(tokenizer) != cfg.vocab_size:
+            raise ModelLoadError(
+                f"tokenizer does not match the model: {tokenizer.vocab_size}+{len(tokenizer) - tokenizer.vocab_size}"
+                f" ids vs model {cfg.llm_cfg.vocab_size}+{cfg.num_new_token}"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.device = str(model.device)
+        self.interpolation: Interpolation = interpolation
+        self.frames = FrameCache(cache_frames, cache_bytes)
+        self._lock = threading.RLock()
+        self._ids = cfg.token_ids
+        self.prompts = prompts.PromptBuilder()
+        self._prefix_ids = torch.tensor([tokenizer.encode(prompts.PREFIX)], dtype=torch.long)
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | None = None, *, device: str = "cpu", dtype: str = "float32",
+                        num_threads: int | None = None, cache_frames: int = 4, progress: bool = True,
+                        cache_bytes: int | None = DEFAULT_CACHE_BYTES,
+                        interpolation: Interpolation = "bilinear") -> GromaEngine:
+        """Load a model directory (released format or ours; ``None`` = the embedded default model).
+
+        ``num_threads`` sets torch's intra-op CPU threads (default min(4, cores) on CPU: more rarely helps
+        at batch 1 and starves the ROS executor). Raises ``ModelNotFoundError`` / ``ModelLoadError``.
+        """
+        from groma_ros.model import GromaForConditionalGeneration
+        from groma_ros.model.tokenization_groma import GromaTokenizer
+
+        directory = resolve_model_dir(path)
+        torch_dtype = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
+        if torch_dtype is None:
+            raise ValueError(f"dtype must be one of float32, bfloat16, float16; got {dtype!r}")
+        if num_threads is None and torch.device(device).type == "cpu":
+            num_threads = min(4, os.cpu_count() or 1)
+        if num_threads is not None:
+            torch.set_num_threads(max(1, int(num_threads)))
+        try:
+            tokenizer = GromaTokenizer.from_pretrained(directory)
+            with _load_progress(directory, progress):
+                model = GromaForConditionalGeneration.from_pretrained(directory, dtype=torch_dtype, device=device)
+        except (ModelLoadError, ValueError) as err:
+            raise ModelLoadError(f"could not load the model from {directory}: {err}") from err
+        except (OSError, RuntimeError) as err:
+            raise ModelLoadError(f"could not load the model from {directory}: {type(err).__name__}: {err}") from err
+        model.eval()
+        return cls(model, tokenizer, model_id=directory.name, cache_frames=cache_frames, cache_bytes=cache_bytes,
+                   interpolation=interpolation)
+
+    def release(self) -> None:
+        """Drop the model, tokenizer and cached frames (lifecycle deactivate); the engine is unusable after."""
+        with self._lock:
+            self.frames.clear()
+            self.model = None
+            self.tokenizer = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    @property
+    def released(self) -> bool:
+        return self.model is None
+
+    def _check_alive(self) -> None:
+        if self.model is None:
+            raise RuntimeError("GromaEngine was released; load a new one")
+
+    # ---------------------------------------------------------------------------------------- perception
+    def perceive(self, image_rgb: np.ndarray, frame_id: Hashable | None = None) -> Perception:
+        """Perception of a frame; returns the cached one when ``frame_id`` was seen recently."""
+        return self._perceive(image_rgb, frame_id)
+
+    @torch.inference_mode()
+    def _perceive(self, image_rgb: np.ndarray, frame_id: Hashable | None) -> Perception:
+        with self._lock:
+            self._check_alive()
+            w, h = self._image_size(image_rgb)
+            cached = self.frames.get(frame_id)
+            if cached is not None and cached.image_size == (w, h):
+                return cached  # (a different size under the same id means a new frame: rebuilt below)
+            model, device = self.model, self.model.device
+            t0 = time.perf_counter()
+            pixels = preprocess(image_rgb, model.config.image_size, self.interpolation)
+            pixels = pixels.to(device=device, dtype=model.dtype)
+            _sync(device)
+            t1 = time.perf_counter()
+            clock = _StageClock(device, {
+                "proposer": [model.perceiver.input_proj, model.perceiver.ddetr_transformer],
+                "region": [model.region_encoder.mlvl_fuse],
+            })
+            try:
+                vision = model.encode_image(pixels)
+                _sync(device)
+            finally:
+                clock.remove()
+            t2 = time.perf_counter()
+            selection = model.select_regions(vision.proposal_boxes[0], vision.proposal_scores[0])
+            base = self._build_prefix(vision, selection, (w, h), ())
+            encode_ms = (t2 - t1) * 1000.0
+            perception = Perception(
+                frame_id=frame_id, image_size=(w, h), vision=vision,
+                proposal_boxes=vision.proposal_boxes[0], proposal_scores=vision.proposal_scores[0], base=base,
+                preprocess_ms=(t1 - t0) * 1000.0,
+                vision_ms=max(encode_ms - clock.ms.get("proposer", 0.0) - clock.ms.get("region", 0.0), 0.0),
+                proposer_ms=clock.ms.get("proposer", 0.0), region_ms=clock.ms.get("region", 0.0),
+            )
+            self.frames.put(perception)
+            return perception
+
+    def _build_prefix(self, vision, selection, image_size: tuple[int, int], user_boxes) -> PrefixState:
+        """Region tokens for ``selection`` and the prompt prefix prefilled into a fresh KV cache."""
+        model, device = self.model, self.model.device
+        t0 = time.perf_counter()
+        region_tokens = model.encode_regions(vision, selection.boxes)
+        _sync(device)
+        t1 = time.perf_counter()
+        expanded = model.expand_input_ids(self._prefix_ids, len(selection.boxes))
+        embeds = model.build_inputs_embeds(expanded.input_ids, vision.image_tokens[0], region_tokens)
+        cache = DynamicCache(config=model.config.llm_cfg)
+        model.llm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        _sync(device)
+        t2 = time.perf_counter()
+        scores = selection.scores.detach().float().cpu().tolist()
+        from_user = selection.from_user.detach().cpu().tolist()
+        pixel_boxes = boxes_to_pixels(selection.boxes, image_size)
+        num_proposals = len(vision.proposal_boxes[0])
+        for i, cand in enumerate(selection.candidate_index.tolist()):
+            if cand >= num_proposals:  # a user box: report exactly the (clipped) pixels the caller gave
+                pixel_boxes[i] = tuple(user_boxes[cand - num_proposals])
+        regions = [Region(i, b, float(s), bool(u))
+                   for i, (b, s, u) in enumerate(zip(pixel_boxes, scores, from_user, strict=True))]
+        return PrefixState(
+            user_boxes=tuple(user_boxes), region_boxes=selection.boxes.detach(), regions=regions,
+            refer_match=[int(k) for k in selection.refer_match.tolist()], region_tokens=region_tokens,
+            prefix_ids=expanded.input_ids, cache=cache,
+            region_ms=(t1 - t0) * 1000.0, prefill_ms=(t2 - t1) * 1000.0,
+        )
+
+    def _prefix_with_boxes(self, perception: Perception, boxes: tuple[BoxXYXY, ...]) -> tuple[PrefixState, bool]:
+        """The prefix for a user-box set (cached per frame); second value True when it was just built."""
+        state = perception.prefix_for(boxes)
+        if state is not None:
+            return state, False
+        user = pixels_to_cxcywh(boxes, perception.image_size).to(perception.proposal_boxes.device)
+        selection = self.model.select_regions(perception.proposal_boxes, perception.proposal_scores, user)
+        state = self._build_prefix(perception.vision, selection, perception.image_size, boxes)
+        perception.add_prefix(state)
+        self.frames.trim()
+        return state, True
+
+    # ------------------------------------------------------------------------------------------- asking
+    def detect(self, image: np.ndarray | Perception, *, frame_id: Hashable | None = None,
+               score_threshold: float | None = None) -> Answer:
+        """Class-agnostic regions with scores, no LLM (= ``ask(task=DETECT)``)."""
+        return self.ask(image, "", task=Task.DETECT, frame_id=frame_id, score_threshold=score_threshold)
+
+    def ask(self, image: np.ndarray | Perception, query: str, *, task: Task | str | int = Task.AUTO,
+            boxes: Sequence[BoxXYXY] = (), frame_id: Hashable | None = None, max_new_tokens: int | None = None,
+            score_threshold: float | None = None, on_token: Callable[[str], None] | None = None,
+            should_cancel: Callable[[], bool] | None = None) -> Answer:
+        """Answer ``query`` about ``image`` (an RGB array or a ``Perception``).
+
+        ``boxes`` (original-image pixels x1,y1,x2,y2) make it a REGION_QA question. ``on_token`` receives
+        each decoded text piece (their concatenation is ``Answer.raw_text``); ``should_cancel`` is polled
+        between tokens and yields ``Answer(canceled=True)`` with the text so far. ``score_threshold`` is
+        used by DETECT only. ``max_new_tokens`` defaults per task (prompts.DEFAULT_MAX_NEW_TOKENS).
+        Raises ``BadRequestError`` for unusable input, before any model work where possible.
+        """
+        answer, _ = self._ask(image, query, task=task, boxes=boxes, frame_id=frame_id,
+                              max_new_tokens=max_new_tokens, score_threshold=score_threshold,
+                              on_token=on_token, should_cancel=should_cancel)
+        return answer
+
+    def _ask(self, image, query, *, task=Task.AUTO, boxes=(), frame_id=None, max_new_tokens=None,
+             score_threshold=None, on_token=None, should_cancel=None,
+             keep_logits: bool = False) -> tuple[Answer, QueryTrace | None]:
+        t_start = time.perf_counter()
+        try:
+            task = Task.parse(task)
+        except ValueError as err:
+            raise BadRequestError(str(err)) from None
+        query = "" if query is None else str(query)
+        boxes = list(boxes or ())
+        if task != Task.DETECT and not query.strip():
+            raise BadRequestError("the query is empty")
+        if task == Task.AUTO:
+            task = prompts.resolve_task(query, has_boxes=bool(boxes))
+        if boxes and task != Task.REGION_QA:
+            raise BadRequestError(f"boxes are only used by region_qa, not by {task.name.lower()}")
+        if task == Task.REGION_QA and not boxes:
+            raise BadRequestError("region_qa needs at least one box (x1, y1, x2, y2 in pixels)")
+        if max_new_tokens is not None and not (isinstance(max_new_tokens, (int, np.integer)) and max_new_tokens >= 1):
+            raise BadRequestError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if score_threshold is not None and not (
+            isinstance(score_threshold, (int, float, np.number)) and 0.0 <= float(score_threshold) <= 1.0
+        ):
+            raise BadRequestError(f"score_threshold must be a number within [0, 1], got {score_threshold!r}")
+        built = self.prompts.build(task, query, num_boxes=len(boxes), max_new_tokens=max_new_tokens)
+
+        size = self._image_size(image)
+        try:  # validate before any model work
+            user = tuple(clip_user_box(b, size) for b in boxes)
+        except ValueError as err:
+            raise BadRequestError(str(err)) from None
+
+        with self._lock, torch.inference_mode():
+            self._check_alive()
+            perception = image if isinstance(image, Perception) else self._perceive(image, frame_id)
+            timings = Timings()
+            fresh = self._claim_timings(perception, timings)
+            answer = Answer(task=task, query=query, text="", raw_text="", image_size=perception.image_size,
+                            timings=timings, cached_prefix=not fresh)
+            if task == Task.DETECT:
+                self._detect_into(answer, perception, score_threshold)
+                timings.total_ms = (time.perf_counter() - t_start) * 1000.0
+                return answer, None
+            state = perception.base
+            if user:
+                state, new_state = self._prefix_with_boxes(perception, user)
+                if new_state:
+                    timings.region_ms += state.region_ms
+                    timings.prefix_prefill_ms += state.prefill_ms
+                    answer.cached_prefix = False
+            answer.regions = list(state.regions)
+            suffix = self.tokenizer.encode(built.suffix, add_bos=False)
+            trace = self._generate(answer, state, suffix, built.max_new_tokens, on_token, should_cancel,
+                                   keep_logits)
+            self._parse_into(answer, state, built, trace)
+            timings.total_ms = (time.perf_counter() - t_start) * 1000.0
+            return answer, trace
+
+    @staticmethod
+    def _image_size(image: np.ndarray | Perception) -> tuple[int, int]:
+        """(width, height) of the caller's image; ``BadRequestError`` for an unusable array."""
+        if isinstance(image, Perception):
+            return image.image_size
+        try:
+            checked = check_image(image)
+        except ImageError as err:
+            raise BadRequestError(str(err)) from None
+        return int(checked.shape[1]), int(checked.shape[0])
+
+    @staticmethod
+    def _claim_timings(perception: Perception, timings: Timings) -> bool:
+        """Report the frame's build timings on the first query that uses it; True if this is that query."""
+        with perception.lock:
+            if perception.reported:
+                return False
+            perception.reported = True
+        timings.preprocess_ms = perception.preprocess_ms
+        timings.vision_ms = perception.vision_ms
+        timings.proposer_ms = perception.proposer_ms
+        timings.region_ms = perception.region_ms + perception.base.region_ms
+        timings.prefix_prefill_ms = perception.base.prefill_ms
+        return True
+
+    def _detect_into(self, answer: Answer, perception: Perception, score_threshold: float | None) -> None:
+        """DETECT: the NMS-kept proposals (score order); a threshold re-runs NMS with that score cut-off."""
+        from groma_ros.model.ops import cxcywh_to_xyxy, nms
+
+        if score_threshold is None:  # the frame's own selection, minus the "best box if none" fallback
+            thr = self.model.config.box_score_thres
+            regions = [r for r in perception.base.regions if r.score > thr]
+        else:
+            cfg = self.model.config
+            keep = nms(cxcywh_to_xyxy(perception.proposal_boxes.float()), perception.proposal_scores.float(),
+                       cfg.nms_thres, float(score_threshold), cfg.max_region_num)
+            boxes = boxes_to_pixels(perception.proposal_boxes[keep.to(perception.proposal_boxes.device)],
+                                    perception.image_size)
+            scores = perception.proposal_scores.float().cpu()[keep].tolist()
+            regions = [Region(i, b, float(s)) for i, (b, s) in enumerate(zip(boxes, scores, strict=True))]
+        answer.regions = regions
+        answer.items = [GroundedItem(phrase="object", start=-1, end=-1, regions=(r,)) for r in regions]
+        answer.text = f"{len(regions)} object{'s' if len(regions) != 1 else ''}"
+        answer.raw_text = answer.text
+
+    def _suffix_ids(self, state: PrefixState, raw: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """LLM ids of the query turn (``<refer_box>`` → ``<r k>``) and the ``<refer_feat>`` features."""
+        ids = torch.tensor(raw, dtype=torch.long)
+        t = self._ids
+        forbidden = {t.image: "<image>", t.region: "<region>", t.pad: "[PAD]", t.ground_box: "<ground_box>"}
+        bad = sorted({forbidden[i] for i in ids.tolist() if i in forbidden})
+        if bad:
+            raise BadRequestError(f"the query must not contain the reserved token(s) {', '.join(bad)}")
+        refer_pos = (ids == t.refer_box).nonzero().flatten().tolist()
+        n_feat = int((ids == t.refer_feat).sum())
+        if max(len(refer_pos), n_feat) > len(state.refer_match):
+            raise BadRequestError(
+                f"the query refers to {max(len(refer_pos), n_feat)} boxes but {len(state.refer_match)} were given"
+            )
+        for i, pos in enumerate(refer_pos):
+            ids[pos] = t.region_index(state.refer_match[i])
+        feats = state.region_tokens[state.refer_match[:n_feat]] if n_feat else None
+        return ids[None].to(self.model.device), feats
+
+    def _generate(self, answer: Answer, state: PrefixState, raw_suffix: list[int], limit: int, on_token,
+                  should_cancel, keep_logits: bool) -> QueryTrace:
+        """Prefill the query's tokenizer ids on a fork of the prefix cache, then decode greedily."""
+        model, tok, device = self.model, self.tokenizer, self.model.device
+        suffix, refer_feats = self._suffix_ids(state, raw_suffix)
+        room = model.config.llm_cfg.max_position_embeddings - state.prefix_len - suffix.shape[1]
+        if room < 1:
+            raise BadRequestError(f"the query is too long ({suffix.shape[1]} tokens after a "
+                                  f"{state.prefix_len}-token prefix; the model handles "
+                                  f"{model.config.llm_cfg.max_position_embeddings})")
+        limit = min(limit, room)
+        trace = QueryTrace(state.prefix_ids, suffix, self._prefix_ids[0].tolist() + raw_suffix)
+        answer.prompt_tokens = state.prefix_len + suffix.shape[1]
+        if should_cancel is not None and should_cancel():
+            answer.canceled = True
+            return trace
+
+        t0 = time.perf_counter()
+        cache = fork_cache(state.cache)
+        embeds = model.build_inputs_embeds(suffix, None, None, refer_feats)
+        out = model.llm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        first = model.lm_logits(out.last_hidden_state[:, -1])[0]
+        _sync(device)
+        answer.timings.query_prefill_ms = (time.perf_counter() - t0) * 1000.0
+
+        def step(token: int) -> torch.Tensor:
+            emb = model.embed_tokens(torch.tensor([[token]], device=device))
+            o = model.llm.model(inputs_embeds=emb, past_key_values=cache, use_cache=True)
+            return model.lm_logits(o.last_hidden_state[:, -1])[0]
+
+        decoder = tok.incremental_decoder(skip_special_tokens=False)
+        pieces: list[str] = []
+
+        def emit(token: int) -> None:
+            piece = decoder.push(token)
+            if piece:
+                pieces.append(piece)
+                if on_token is not None:
+                    on_token(piece)
+
+        gen = greedy_decode(first, step, eos_token_id=tok.eos_id, max_new_tokens=limit, on_token=emit,
+                            should_cancel=should_cancel, keep_logits=keep_logits)
+        tail = decoder.flush()
+        if tail:
+            pieces.append(tail)
+            if on_token is not None:
+                on_token(tail)
+        _sync(device)
+        answer.timings.decode_ms = gen.decode_ms
+        answer.raw_text = "".join(pieces)
+        answer.completion_tokens = gen.num_generated
+        answer.canceled = gen.canceled
+        trace.generation = gen
+        return trace
+
+    def _parse_into(self, answer: Answer, state: PrefixState, built: prompts.BuiltPrompt,
+                    trace: QueryTrace) -> None:
+        """Tags → plain text + grounded items (from the ids, so user-like text never fakes a tag)."""
+        parsed = parsing.parse_ids(trace.generation.token_ids, self.tokenizer, num_regions=len(state.regions),
+                                   expression=built.expression)
+        answer.text = parsed.text
+        answer.warnings = list(parsed.warnings)
+        answer.items = [
+            GroundedItem(phrase=it.phrase, start=it.start, end=it.end,
+                         regions=tuple(state.regions[k] for k in it.region_indices))
+            for it in parsed.items
+        ]

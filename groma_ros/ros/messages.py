@@ -51,15 +51,11 @@ def _hypothesis(class_id: str, score: float, point: Sequence[float] | None) -> O
 def detection_pairs(answer: Answer) -> list[tuple[str, int, int, Region]]:
     """(phrase, start, end, region) for every grounded region of the answer, in answer order.
 
-    DETECT answers have no phrases: every kept region is one detection.
+    DETECT answers are class-agnostic: their phrase is empty (``class_id`` becomes ``"object"``).
     """
-    if answer.task == Task.DETECT:
-        return [("", -1, -1, region) for region in answer.regions]
-    pairs = []
-    for item in answer.items:
-        for region in item.regions:
-            pairs.append((item.phrase, item.start, item.end, region))
-    return pairs
+    detect = answer.task == Task.DETECT
+    return [("" if detect else item.phrase, item.start, item.end, region)
+            for item in answer.items for region in item.regions]
 
 
 def detections_msg(answer: Answer, header: Header, query_id: str,

@@ -19,6 +19,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="needs the ROS 2 venv from scripts/setup.sh")
 
 from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from groma_ros.action import Ground  # noqa: E402
 from groma_ros.msg import GroundedAnswer, GroundedDetection3DArray  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
@@ -27,6 +28,7 @@ from rclpy.action import ActionClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from groma_ros.ros.image_codec import cv2_to_compressed_imgmsg, cv2_to_imgmsg  # noqa: E402
 from groma_ros.ros.messages import box_to_msg  # noqa: E402
@@ -84,9 +86,14 @@ class Peer:
         self.query = n.create_publisher(String, f"{self.base}/query", RELIABLE)
         self.answers: list[GroundedAnswer] = []
         self.answers_3d: list[GroundedDetection3DArray] = []
+        self.markers: list[MarkerArray] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self.debug_images: list[Image] = []
         n.create_subscription(GroundedAnswer, f"{self.base}/answer", self.answers.append, RELIABLE)
         n.create_subscription(GroundedDetection3DArray, f"{self.base}/detections_3d", self.answers_3d.append,
                               RELIABLE)
+        n.create_subscription(MarkerArray, f"{self.base}/markers", self.markers.append, RELIABLE)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, RELIABLE)
         self.action = ActionClient(n, Ground, f"{self.base}/ground")
         self.change_state = n.create_client(ChangeState, f"{self.base}/change_state")
         self.get_state = n.create_client(GetState, f"{self.base}/get_state")
@@ -351,6 +358,33 @@ def test_depth_lifts_boxes_to_3d_points(node, encoding, z):
         assert det3.valid_depth_points > 0
         pose = det2.results[0].pose.pose.position
         assert (pose.x, pose.y, pose.z) == pytest.approx(expect, abs=0.02)
+    assert peer.spin_until(lambda: peer.markers and len(peer.markers[-1].markers) > len(lifted.detections), 5)
+    assert all(m.header.frame_id == "cam_optical_frame" for m in peer.markers[-1].markers)
+
+
+def test_debug_image_is_published_only_while_someone_listens(node):
+    peer, _, _ = node
+    header = peer.publish_frame()
+    assert peer.ask("where is the red thing?").status == GroundedAnswer.OK
+    assert not peer.debug_images  # nobody subscribed yet: nothing drawn or sent
+    sub = peer.node.create_subscription(Image, f"{peer.base}/debug_image", peer.debug_images.append, RELIABLE)
+    try:
+        peer.spin_until(lambda: False, 0.5)
+        assert peer.ask("where is the blue thing?").status == GroundedAnswer.OK
+        assert peer.spin_until(lambda: peer.debug_images, 5)
+        image = peer.debug_images[-1]
+        assert image.header == header and (image.width, image.height, image.encoding) == (W, H, "rgb8")
+    finally:
+        peer.node.destroy_subscription(sub)
+
+
+def test_diagnostics_report_model_queue_and_latency(node):
+    peer, _, _ = node
+    assert peer.spin_until(lambda: any(s.name.endswith("groma") for d in peer.diagnostics for s in d.status), 5)
+    status = next(s for d in reversed(peer.diagnostics) for s in d.status if s.name.endswith("groma"))
+    values = {kv.key: kv.value for kv in status.values}
+    assert values["model"] and values["device"] == "cpu" and float(values["rss_mb"]) > 0
+    assert int(values["answered"]) >= 1 and "queue_depth" in values and float(values["last_total_ms"]) > 0
 
 
 def test_deactivate_frees_the_model_and_activate_reloads_it(node):

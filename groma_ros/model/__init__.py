@@ -1,9 +1,8 @@
 """Groma model: configuration, network and checkpoint I/O (pure PyTorch + transformers 5.x, no ROS)."""
 
-import os
+from ._offline import enforce_offline
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("USE_HUB_KERNELS", "NO")
+enforce_offline()  # before transformers is imported by the modules below
 
 from .checkpoint import CheckpointError, to_release_state_dict  # noqa: E402
 from .configuration_groma import GromaConfig, GromaTokenIds  # noqa: E402

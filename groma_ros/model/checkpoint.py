@@ -14,11 +14,8 @@ Safety. ``.bin`` files are read with ``torch.load(weights_only=True)`` and must 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402

@@ -19,9 +19,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("USE_HUB_KERNELS", "NO")
-
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import DynamicCache, LlamaForCausalLM  # noqa: E402

@@ -415,7 +415,13 @@ class GromaNode(LifecycleNode):
                             score_threshold=score, on_token=on_token, should_cancel=job.should_stop)
         outcome = Outcome(answer, header, rgb=rgb)
         if request.lift_3d and p.use_depth and not answer.canceled:
-            self._lift(outcome, stamp_to_ns(header.stamp))
+            try:
+                self._lift(outcome, stamp_to_ns(header.stamp))
+            except Exception as exc:  # noqa: BLE001 - a bad depth frame/camera_info must not cost the 2-D answer
+                outcome.lifted.clear()
+                outcome.points = None
+                self.get_logger().warning(f"3-D lifting skipped for {request.query_id}: {type(exc).__name__}: {exc}",
+                                          throttle_duration_sec=5.0)
         return outcome
 
     def _lift(self, outcome: Outcome, stamp_ns: int) -> None:

@@ -7,10 +7,6 @@ expects that no frame has arrived yet.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +19,15 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from groma_ros.action import Ground  # noqa: E402
 from groma_ros.msg import GroundedAnswer, GroundedDetection3DArray  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rclpy.action import ActionClient  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-from std_msgs.msg import Header, String  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from groma_ros.ros.image_codec import cv2_to_compressed_imgmsg, cv2_to_imgmsg  # noqa: E402
 from groma_ros.ros.messages import box_to_msg  # noqa: E402
 from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
+from groma_ros.testing.node_harness import Peer, scene_image, start_node, stop_node  # noqa: E402
 
 pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,125 +42,32 @@ def model_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"), endless=True)
 
 
-def start_node(model_dir: Path, log_path: Path, *extra: str) -> subprocess.Popen:
-    """``groma_node --ros-args --params-file config/groma.yaml -p ... -r image:=/cam/image_raw ...``"""
-    args = [sys.executable, "-m", "groma_ros.ros.node", "--ros-args",
-            "--params-file", str(ROOT / "config" / "groma.yaml"),
-            "-p", f"model.path:={model_dir}", "-p", "model.num_threads:=1",
-            "-r", "image:=/cam/image_raw", "-r", "image/compressed:=/cam/image_raw/compressed",
-            "-r", "camera_info:=/cam/camera_info", "-r", "depth/image:=/cam/depth",
-            "-r", "depth/camera_info:=/cam/depth_info", *extra]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(args, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
-
-
-def stop_node(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(2)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-class Peer:
-    """The robot around the node: a camera, a speech front-end, a planner listening for answers."""
+class RobotPeer(Peer):
+    """The harness peer plus what a planner listens to: 3-D detections, markers, diagnostics."""
 
     def __init__(self, name: str, node_name: str = "groma") -> None:
-        self.node = rclpy.create_node(name)
+        super().__init__(name, node_name)
         n = self.node
-        self.base = f"/{node_name}"
-        self.camera = n.create_publisher(Image, "/cam/image_raw", RELIABLE)
-        self.camera_best_effort = n.create_publisher(Image, "/cam/image_raw", qos_profile_sensor_data)
-        self.compressed = n.create_publisher(
-            __import__("sensor_msgs.msg", fromlist=["CompressedImage"]).CompressedImage,
-            "/cam/image_raw/compressed", RELIABLE)
-        self.depth = n.create_publisher(Image, "/cam/depth", RELIABLE)
-        self.depth_info = n.create_publisher(CameraInfo, "/cam/depth_info", RELIABLE)
-        self.query = n.create_publisher(String, f"{self.base}/query", RELIABLE)
-        self.answers: list[GroundedAnswer] = []
         self.answers_3d: list[GroundedDetection3DArray] = []
         self.markers: list[MarkerArray] = []
         self.diagnostics: list[DiagnosticArray] = []
         self.debug_images: list[Image] = []
-        n.create_subscription(GroundedAnswer, f"{self.base}/answer", self.answers.append, RELIABLE)
         n.create_subscription(GroundedDetection3DArray, f"{self.base}/detections_3d", self.answers_3d.append,
                               RELIABLE)
         n.create_subscription(MarkerArray, f"{self.base}/markers", self.markers.append, RELIABLE)
         n.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, RELIABLE)
-        self.action = ActionClient(n, Ground, f"{self.base}/ground")
-        self.change_state = n.create_client(ChangeState, f"{self.base}/change_state")
-        self.get_state = n.create_client(GetState, f"{self.base}/get_state")
 
-    def spin_until(self, predicate, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            rclpy.spin_once(self.node, timeout_sec=0.05)
-            if predicate():
-                return True
-        return False
-
-    def wait_active(self, timeout: float = 60.0) -> bool:
-        return self.spin_until(lambda: self.node.count_subscribers(f"{self.base}/query") > 0
-                               and self.node.count_subscribers("/cam/image_raw") > 0
-                               and self.node.count_publishers(f"{self.base}/answer") > 0, timeout)
-
-    def stamp_now(self, offset_s: float = 0.0) -> Time:
-        ns = self.node.get_clock().now().nanoseconds + int(offset_s * 1e9)
-        return Time(sec=ns // 10**9, nanosec=ns % 10**9)
-
-    def publish_frame(self, image: np.ndarray | None = None, stamp: Time | None = None, best_effort: bool = False,
-                      frame_id: str = "cam_optical_frame") -> Header:
-        image = scene_image() if image is None else image
-        header = Header(stamp=stamp or self.stamp_now(), frame_id=frame_id)
-        (self.camera_best_effort if best_effort else self.camera).publish(cv2_to_imgmsg(image, "rgb8", header))
-        self.spin_until(lambda: False, 0.3)  # let DDS deliver before the query races it
-        return header
+    def publish_frame(self, image: np.ndarray | None = None, settle_s: float = 0.3, **kwargs) -> Header:
+        return super().publish_frame(image, settle_s, **kwargs)
 
     def ask(self, text: str, timeout: float = 30.0) -> GroundedAnswer:
-        """Publish on ~/query and return the single answer to it (and check no second one comes)."""
-        before = len(self.answers)
-        self.query.publish(String(data=text))
-        assert self.spin_until(lambda: len(self.answers) > before, timeout), f"no answer to {text!r}"
-        self.spin_until(lambda: False, 0.3)
+        """The single answer to a ~/query (waits a little longer to see that no second one comes)."""
+        before = len(self.received)
+        super().ask(text, timeout)
+        self.pause(0.3)
         new = [a for a in self.answers[before:] if a.query == text]
         assert len(new) == 1, [(a.query_id, a.status) for a in new]
         return new[0]
-
-    def send_goal(self, goal: Ground.Goal, feedback: list | None = None):
-        assert self.action.wait_for_server(timeout_sec=20)
-        future = self.action.send_goal_async(
-            goal, feedback_callback=(lambda f: feedback.append(f.feedback)) if feedback is not None else None)
-        assert self.spin_until(future.done, 10)
-        handle = future.result()
-        assert handle.accepted
-        return handle
-
-    def result_of(self, handle, timeout: float = 60.0) -> GroundedAnswer:
-        future = handle.get_result_async()
-        assert self.spin_until(future.done, timeout)
-        return future.result().result.answer
-
-    def lifecycle(self, transition: int) -> bool:
-        assert self.change_state.wait_for_service(timeout_sec=10)
-        future = self.change_state.call_async(ChangeState.Request(transition=Transition(id=transition)))
-        assert self.spin_until(future.done, 60)
-        return future.result().success
-
-    def state(self) -> int:
-        assert self.get_state.wait_for_service(timeout_sec=10)
-        future = self.get_state.call_async(GetState.Request())
-        assert self.spin_until(future.done, 10)
-        return future.result().current_state.id
-
-
-def scene_image(w: int = W, h: int = H) -> np.ndarray:
-    """A small non-square scene (the node must report boxes in these pixels, not the model's)."""
-    img = np.full((h, w, 3), 30, np.uint8)
-    img[60:140, 40:120] = (220, 30, 30)
-    img[100:200, 180:290] = (30, 30, 220)
-    return img
 
 
 def camera_info(header: Header, w: int = W, h: int = H) -> CameraInfo:
@@ -186,7 +88,7 @@ def ros_context():
 def node(model_dir, ros_context, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "node.log"
     proc = start_node(model_dir, log, "-p", "use_depth:=true", "-p", "queue_size:=1", "-p", "max_image_age_s:=5.0")
-    peer = Peer("test_robot")
+    peer = RobotPeer("test_robot")
     try:
         assert peer.wait_active(), log.read_text()
         yield peer, proc, log
@@ -405,8 +307,8 @@ def test_deactivate_frees_the_model_and_activate_reloads_it(node):
 
 def test_compressed_transport(model_dir, ros_context, tmp_path):
     proc = start_node(model_dir, tmp_path / "node.log", "-p", "image_transport:=compressed",
-                      "-r", "__node:=groma_compressed")
-    peer = Peer("test_compressed", node_name="groma_compressed")
+                      node_name="groma_compressed")
+    peer = RobotPeer("test_compressed", node_name="groma_compressed")
     try:
         assert peer.spin_until(lambda: peer.node.count_subscribers("/cam/image_raw/compressed") > 0
                                and peer.node.count_subscribers("/groma_compressed/query") > 0, 60), \
@@ -425,8 +327,8 @@ def test_compressed_transport(model_dir, ros_context, tmp_path):
 
 def test_out_of_range_parameter_fails_configure_with_a_clear_log(model_dir, ros_context, tmp_path):
     log = tmp_path / "node.log"
-    proc = start_node(model_dir, log, "-p", "queue_size:=0", "-r", "__node:=groma_bad")
-    peer = Peer("test_bad_params", node_name="groma_bad")
+    proc = start_node(model_dir, log, "-p", "queue_size:=0", node_name="groma_bad")
+    peer = RobotPeer("test_bad_params", node_name="groma_bad")
     try:
         assert peer.get_state.wait_for_service(timeout_sec=30), log.read_text()
         assert peer.state() == State.PRIMARY_STATE_UNCONFIGURED

@@ -165,13 +165,16 @@ _BAYER_CODES = {  # ROS pattern -> (OpenCV 5 name, legacy OpenCV 4 name); legacy
 }
 
 
+_CV_LAYOUT_NAMES = {"mono": "GRAY", "rgb": "RGB", "bgr": "BGR", "rgba": "RGBA", "bgra": "BGRA"}
+
+
 def _cv_code(src: str, dst: str) -> int:
+    target = _CV_LAYOUT_NAMES[dst]
     if src.startswith("bayer_"):
         new, old = _BAYER_CODES[src]
-        code = getattr(cv2, f"COLOR_Bayer{new}2{dst.upper()}", None)
-        return code if code is not None else getattr(cv2, f"COLOR_Bayer{old}2{dst.upper()}")
-    names = {"mono": "GRAY", "rgb": "RGB", "bgr": "BGR", "rgba": "RGBA", "bgra": "BGRA"}
-    return getattr(cv2, f"COLOR_{names[src]}2{names[dst]}")
+        code = getattr(cv2, f"COLOR_Bayer{new}2{target}", None)
+        return code if code is not None else getattr(cv2, f"COLOR_Bayer{old}2{target}")
+    return getattr(cv2, f"COLOR_{_CV_LAYOUT_NAMES[src]}2{target}")
 
 
 def _change_layout(arr: np.ndarray, src: str, dst: str) -> np.ndarray:

@@ -354,3 +354,12 @@ def test_compressed_depth_rejections():
         compressed_imgmsg_to_cv2(_compressed_depth_msg(png, "32FC1; compressedDepth", None))
     with pytest.raises(ImageConversionError, match="not PNG"):
         compressed_imgmsg_to_cv2(_compressed_depth_msg(b"x" * 40, "16UC1; compressedDepth", None))
+
+
+@pytest.mark.parametrize("encoding", ["bayer_rggb8", "bayer_bggr16", "bayer_gbrg8", "bayer_grbg16"])
+def test_bayer_to_mono(encoding):
+    """Regression (found by the fuzz test): Bayer → mono uses OpenCV's GRAY conversion codes."""
+    dtype = np.uint16 if encoding.endswith("16") else np.uint8
+    raw = (np.arange(24, dtype=dtype) * 9).reshape(4, 6)
+    mono = imgmsg_to_cv2(cv2_to_imgmsg(raw, encoding), "mono8" if dtype == np.uint8 else "mono16")
+    assert mono.shape == (4, 6) and mono.dtype == dtype

@@ -66,8 +66,10 @@ def main() -> int:
 
     node_log = out / "node.log"
     node_cmd = [sys.executable, "-m", "groma_ros.ros.node", "--ros-args",
-                "--params-file", str(ROOT / "config" / "groma.yaml"), "-p", f"model.path:={args.model}",
+                "--params-file", str(ROOT / "config" / "groma.yaml"),
                 "-r", "image:=/demo_camera/image_raw", "-r", "camera_info:=/demo_camera/camera_info"]
+    if args.model:
+        node_cmd += ["-p", f"model.path:={args.model}"]
     print(f"[demo] starting the node: groma_node --ros-args --params-file config/groma.yaml "
           f"-r image:=/demo_camera/image_raw   (log: {node_log})")
     node_proc = subprocess.Popen(node_cmd, stdout=open(node_log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115

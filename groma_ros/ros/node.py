@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import itertools
 import math
+import os
 import sys
 import threading
 import time
@@ -37,9 +38,9 @@ from groma_ros.drawing import draw_grounding
 from groma_ros.engine.types import Answer, BoxXYXY, Status, Task
 from groma_ros.msg import GroundedAnswer, GroundedDetection3DArray, GroundedDetectionArray
 from groma_ros.ros import messages
-from groma_ros.ros.depth import CameraIntrinsics, box_to_depth_box, depth_to_meters, lift_box
 from groma_ros.ros.frame_buffer import StampedBuffer, stamp_to_ns
 from groma_ros.ros.image_codec import ImageConversionError, compressed_to_rgb8, cv2_to_imgmsg, imgmsg_to_rgb8
+from groma_ros.ros.lifting import DepthLifter, Lifted
 from groma_ros.ros.markers import detections_to_marker_array
 from groma_ros.ros.params import SPECS, NodeParams, ParamSpec, validate_one
 from groma_ros.ros.worker import Job, QueryWorker
@@ -73,9 +74,7 @@ class Outcome:
     answer: Answer | None
     header: Header
     rgb: Any = None
-    lifted: list[tuple[int, str, float, tuple, tuple, int]] = field(default_factory=list)
-    points: list[tuple | None] | None = None
-    frame_3d: str = ""
+    lifted: Lifted | None = None
     aborted_before_start: bool = False
 
 
@@ -104,13 +103,9 @@ class GromaNode(LifecycleNode):
         self._publishers_: dict[str, Any] = {}
         self._action_server: ActionServer | None = None
         self._diag_timer = None
-        self._tf_buffer = None
-        self._tf_listener = None
+        self.lifter: DepthLifter | None = None
         self._warned: set[str] = set()
         self.images: StampedBuffer[Any] = StampedBuffer(8)
-        self.depths: StampedBuffer[Any] = StampedBuffer(8)
-        self._camera_info: CameraInfo | None = None
-        self._depth_info: CameraInfo | None = None
         self._stats = {"answered": 0, "busy": 0, "errors": 0, "last_total_ms": 0.0, "last_encode_ms": 0.0,
                        "last_generate_ms": 0.0}
         self._stats_lock = threading.Lock()
@@ -128,7 +123,6 @@ class GromaNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         p = self.params
         self.images = StampedBuffer(p.frame_buffer_size)
-        self.depths = StampedBuffer(p.frame_buffer_size)
         self.worker = QueryWorker(p.queue_size)
         pubs = self._publishers_
         pubs["answer"] = self.create_publisher(GroundedAnswer, "~/answer", RESULTS_QOS)
@@ -143,7 +137,9 @@ class GromaNode(LifecycleNode):
         self._action_server = ActionServer(
             self, Ground, "~/ground", execute_callback=self._execute_goal, callback_group=self._query_group,
             goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=lambda goal: CancelResponse.ACCEPT)
-        self._setup_tf()
+        if p.use_depth:
+            self.lifter = DepthLifter(self, p.frame_buffer_size, p.depth_max_stamp_diff_s, p.target_frame,
+                                      p.tf_timeout_s, self._warn_once)
         self.get_logger().info(
             f"configured: model={p.model_path or '<embedded default>'} device={p.model_device} "
             f"dtype={p.model_dtype} transport={p.image_transport} depth={p.use_depth} queue={p.queue_size}")
@@ -205,13 +201,13 @@ class GromaNode(LifecycleNode):
         else:
             subs.append(self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data,
                                                  callback_group=self._camera_group))
-        subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
-                                             qos_profile_sensor_data, callback_group=self._camera_group))
-        if p.use_depth:
-            subs.append(self.create_subscription(Image, "depth/image", self._on_depth, qos_profile_sensor_data,
-                                                 callback_group=self._camera_group))
-            subs.append(self.create_subscription(CameraInfo, "depth/camera_info", self._on_depth_info,
-                                                 qos_profile_sensor_data, callback_group=self._camera_group))
+        if self.lifter is not None:
+            lifter = self.lifter
+            for msg_type, topic, callback in ((CameraInfo, "camera_info", lifter.on_camera_info),
+                                              (Image, "depth/image", lifter.on_depth),
+                                              (CameraInfo, "depth/camera_info", lifter.on_depth_info)):
+                subs.append(self.create_subscription(msg_type, topic, callback, qos_profile_sensor_data,
+                                                     callback_group=self._camera_group))
         subs.append(self.create_subscription(String, "~/query", self._on_query, RESULTS_QOS,
                                              callback_group=self._query_group))
 
@@ -237,7 +233,8 @@ class GromaNode(LifecycleNode):
                 _empty_device_cache()
             self.get_logger().info("model released")
         self.images.clear()
-        self.depths.clear()
+        if self.lifter is not None:
+            self.lifter.clear()
 
     def _release_all(self) -> None:
         if self.worker is not None:
@@ -249,8 +246,7 @@ class GromaNode(LifecycleNode):
         for pub in self._publishers_.values():
             self.destroy_publisher(pub)
         self._publishers_.clear()
-        self._tf_listener = None
-        self._tf_buffer = None
+        self.lifter = None
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
@@ -278,15 +274,6 @@ class GromaNode(LifecycleNode):
     # ------------------------------------------------------------------ camera input
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.images.put(stamp_to_ns(msg.header.stamp), msg)
-
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
-
-    def _on_depth(self, msg: Image) -> None:
-        self.depths.put(stamp_to_ns(msg.header.stamp), msg)
-
-    def _on_depth_info(self, msg: CameraInfo) -> None:
-        self._depth_info = msg
 
     # ------------------------------------------------------------------ query input
     def _next_query_id(self) -> str:
@@ -414,80 +401,13 @@ class GromaNode(LifecycleNode):
                             max_new_tokens=request.max_new_tokens or p.max_new_tokens or None,
                             score_threshold=score, on_token=on_token, should_cancel=job.should_stop)
         outcome = Outcome(answer, header, rgb=rgb)
-        if request.lift_3d and p.use_depth and not answer.canceled:
+        if request.lift_3d and self.lifter is not None and not answer.canceled:
             try:
-                self._lift(outcome, stamp_to_ns(header.stamp))
+                outcome.lifted = self.lifter.lift(answer, header)
             except Exception as exc:  # noqa: BLE001 - a bad depth frame/camera_info must not cost the 2-D answer
-                outcome.lifted.clear()
-                outcome.points = None
                 self.get_logger().warning(f"3-D lifting skipped for {request.query_id}: {type(exc).__name__}: {exc}",
                                           throttle_duration_sec=5.0)
         return outcome
-
-    def _lift(self, outcome: Outcome, stamp_ns: int) -> None:
-        """Median depth in each box, back-projected with the depth camera's intrinsics (REP 118 units)."""
-        p = self.params
-        assert p is not None and outcome.answer is not None
-        found = self.depths.nearest(stamp_ns, int(p.depth_max_stamp_diff_s * 1e9))
-        info = self._depth_info or self._camera_info
-        if found is None or info is None:
-            self._warn_once("depth", "3-D lifting skipped: no depth frame within "
-                                     f"{p.depth_max_stamp_diff_s} s of the image or no depth camera_info yet")
-            return
-        depth_msg = found[1]
-        depth_m = depth_to_meters(depth_msg)
-        intrinsics = CameraIntrinsics.from_camera_info(info)
-        dh, dw = depth_m.shape
-        if (intrinsics.width, intrinsics.height) != (dw, dh) and intrinsics.width > 0:
-            intrinsics = intrinsics.scaled(dw, dh)
-        frame = depth_msg.header.frame_id or intrinsics.frame_id
-        pairs = messages.detection_pairs(outcome.answer)
-        points: list[tuple | None] = []
-        for n, (phrase, _s, _e, region) in enumerate(pairs):
-            box = box_to_depth_box(region.box, outcome.answer.image_size, (dw, dh))
-            lifted = lift_box(depth_m, box, intrinsics)
-            if lifted is None:
-                points.append(None)
-                continue
-            point, size = self._to_target_frame(lifted.point, lifted.size, frame, depth_msg.header.stamp)
-            points.append(lifted.point)
-            outcome.lifted.append((n, phrase, region.score, point, size, lifted.valid_points))
-        outcome.frame_3d = self._target_frame_or(frame)
-        # 2-D detections carry the centroid only when it is in their own (image) frame
-        same_frame = frame == outcome.header.frame_id or not frame
-        outcome.points = points if same_frame else None
-
-    # ------------------------------------------------------------------ TF (optional)
-    def _setup_tf(self) -> None:
-        p = self.params
-        if p is None or not p.target_frame:
-            return
-        try:
-            import tf2_geometry_msgs  # noqa: F401  (registers PointStamped transforms)
-            import tf2_ros
-        except ImportError:
-            self._warn_once("tf", f"target_frame={p.target_frame!r} but tf2_ros is not importable: 3-D outputs "
-                                  "stay in the camera optical frame")
-            return
-        self._tf_buffer = tf2_ros.Buffer()
-        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-
-    def _target_frame_or(self, frame: str) -> str:
-        p = self.params
-        return p.target_frame if (p and p.target_frame and self._tf_buffer is not None) else frame
-
-    def _to_target_frame(self, point: tuple, size: tuple, frame: str, stamp: Any) -> tuple[tuple, tuple]:
-        p = self.params
-        if self._tf_buffer is None or p is None or not p.target_frame or p.target_frame == frame:
-            return point, size
-        from geometry_msgs.msg import PointStamped
-        from rclpy.duration import Duration
-
-        stamped = PointStamped()
-        stamped.header.frame_id, stamped.header.stamp = frame, stamp
-        stamped.point.x, stamped.point.y, stamped.point.z = point
-        out = self._tf_buffer.transform(stamped, p.target_frame, timeout=Duration(seconds=p.tf_timeout_s))
-        return (out.point.x, out.point.y, out.point.z), size
 
     # ------------------------------------------------------------------ outputs
     def _answer_from(self, request: Request, header: Header, outcome: Outcome | None,
@@ -508,7 +428,8 @@ class GromaNode(LifecycleNode):
                                              "canceled before it started", model_id, header)
         answer = outcome.answer
         status = Status.CANCELED if answer.canceled else Status.OK
-        msg = messages.answer_msg(answer, header, request.query_id, model_id, outcome.points, status,
+        points = outcome.lifted.points if outcome.lifted is not None else None
+        msg = messages.answer_msg(answer, header, request.query_id, model_id, points, status,
                                   "canceled during generation" if answer.canceled else "")
         with self._stats_lock:
             self._stats["answered"] += 1
@@ -526,9 +447,10 @@ class GromaNode(LifecycleNode):
         pubs = self._publishers_
         if "detections" in pubs:
             pubs["detections"].publish(answer.detections)
-        if outcome.lifted and "detections_3d" in pubs:
-            header = Header(stamp=outcome.header.stamp, frame_id=outcome.frame_3d)
-            array = messages.detections_3d_msg(header, request.query_id, outcome.frame_3d, outcome.lifted)
+        lifted = outcome.lifted
+        if lifted is not None and lifted.detections and "detections_3d" in pubs:
+            header = Header(stamp=outcome.header.stamp, frame_id=lifted.frame_id)
+            array = messages.detections_3d_msg(header, request.query_id, lifted.source_frame_id, lifted.detections)
             pubs["detections_3d"].publish(array)
             pubs["markers"].publish(detections_to_marker_array(array.detections, header))
         p = self.params
@@ -589,15 +511,14 @@ class _Aborted(RuntimeError):
 
 
 def _status_of(error: BaseException) -> tuple[Status, str]:
-    from groma_ros.engine.types import Status as S
-
+    """Map a failed job's exception to the answer status users see."""
     if isinstance(error, _Aborted):
-        return S.CANCELED, str(error)
+        return Status.CANCELED, str(error)
     if isinstance(error, ImageConversionError):
-        return S.NO_IMAGE, f"the frame could not be decoded: {error}"
+        return Status.NO_IMAGE, f"the frame could not be decoded: {error}"
     if isinstance(error, ValueError):  # the engine's BadRequestError and other input problems
-        return S.BAD_REQUEST, str(error)
-    return S.MODEL_ERROR, f"{type(error).__name__}: {error}"
+        return Status.BAD_REQUEST, str(error)
+    return Status.MODEL_ERROR, f"{type(error).__name__}: {error}"
 
 
 def _request_problem(request: Request) -> str:
@@ -661,12 +582,11 @@ def _to_vision_msgs(answer: GroundedAnswer) -> Any:
 
 
 def _rss_mb() -> float:
+    """Resident memory of this process (Linux /proc; 0 elsewhere)."""
     try:
         with open("/proc/self/statm") as f:
-            import os
-
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
+    except (OSError, ValueError):
         return 0.0
 
 

@@ -331,10 +331,11 @@ def test_out_of_range_parameter_fails_configure_with_a_clear_log(model_dir, ros_
     peer = RobotPeer("test_bad_params", node_name="groma_bad")
     try:
         assert peer.get_state.wait_for_service(timeout_sec=30), log.read_text()
+        # the service comes up before the autostart configure attempt: wait for its log line
+        assert peer.spin_until(lambda: "configure failed" in log.read_text(), 30), log.read_text()
+        assert "queue_size" in log.read_text()
         assert peer.state() == State.PRIMARY_STATE_UNCONFIGURED
         assert proc.poll() is None
-        text = log.read_text()
-        assert "configure failed" in text and "queue_size" in text
     finally:
         stop_node(proc)
         peer.node.destroy_node()

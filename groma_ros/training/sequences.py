@@ -1,0 +1,138 @@
+"""Stage-2 training sequences: a scene's cached features + a text sample -> ids, loss weights, pointers.
+
+Mirrors inference exactly (tested against ``GromaEngine``): candidates = proposals ∪ ground-truth boxes (score
+0.2, Groma's ``ground_boxes``) ∪ the user box for region QA (score 1.0) -> the model's NMS -> kept regions (in a
+random order during training, so "<r0>" carries no meaning) -> each object maps to its best kept region
+(IoU >= 0.5) -> the sample is rendered with that map and encoded with the engine's prompt builder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from dataclasses import dataclass
+
+import torch
+
+from groma_ros.model.modeling_groma import GromaForConditionalGeneration
+from groma_ros.model.ops import box_iou, cxcywh_to_xyxy, first_argmax, nms
+from groma_ros.synthetic.scenes import Scene
+from groma_ros.synthetic.texts import RELATIONS, TextSample, referenced_objects, resolve
+
+from . import data
+from .cache import SceneCache
+from .recipe import Stage2Config
+
+_BINARY_RELATION = re.compile(rf"^the .+? (?:{'|'.join(RELATIONS)}) (the .+)$")
+
+
+@dataclass
+class Sequence:
+    ids: torch.Tensor  # [T] expanded LLM ids
+    weights: torch.Tensor  # [T] loss weight of predicting ids[t] (0 = no loss)
+    region_rows: torch.Tensor  # [K] candidate rows of the regions, in <r> order
+    refer_rows: torch.Tensor  # [r] candidate rows feeding <refer_feat>
+    pointer: list[tuple[int, int]]  # (position whose next token is <rK>, K) for answer region tokens
+    scene: SceneCache
+    region_attrs: torch.Tensor  # [K, 3] colour/shape/size index of the object a region shows, -1 if none
+    region_boxes: torch.Tensor  # [K, 4] kept boxes (cx, cy, w, h)
+    anchors: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (pointer position, anchor region)
+
+
+def anchor_object(sample: TextSample, scene: Scene | None) -> int | None:
+    """The anchor object of a binary relation expression ("the square below the purple shape"), if unique."""
+    if scene is None or sample.task != "refer" or sample.kind != "relation":
+        return None
+    m = _BINARY_RELATION.match(sample.query)
+    if m is None:
+        return None
+    try:
+        found = resolve(m.group(1), scene)
+    except ValueError:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+def select(scene: SceneCache, cfg, user_row: int | None,
+           rng: random.Random | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept candidate rows as ``select_regions`` would keep them (+ optional user box), shuffled with ``rng``
+    (``None``: score order, as the engine)."""
+    boxes, scores = scene.boxes, scene.scores.clone()
+    if user_row is not None:
+        boxes = torch.cat([boxes, boxes[user_row:user_row + 1]])
+        scores = torch.cat([scores, torch.ones(1)])
+    keep = nms(cxcywh_to_xyxy(boxes), scores, cfg.nms_thres, cfg.box_score_thres, cfg.max_region_num)
+    if rng is not None:
+        keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(rng.randrange(1 << 30)))]
+    rows = keep.clone()
+    if user_row is not None:
+        rows[keep == len(scene.boxes)] = user_row  # the user box has the GT row's feature
+    return rows, boxes[keep]
+
+
+def make_sequence(scene: SceneCache, samples, task: str, encoder: data.PromptEncoder, model_cfg, s2: Stage2Config,
+                  rng: random.Random, shuffle: bool = True, sample=None,
+                  attrs: torch.Tensor | None = None, scene_obj: Scene | None = None) -> Sequence | None:
+    """One training sequence of ``task`` from ``scene`` (None if the scene has no such sample)."""
+    if sample is None:
+        pool = [s for s in samples if s.task == task]
+        if not pool:
+            return None
+        sample = rng.choice(pool)
+    q = len(scene.boxes) - scene.num_objects
+    user_row = q + sample.query_objects[0] if sample.query_objects else None
+    rows, kept = select(scene, model_cfg, user_row, rng if shuffle else None)
+    gt = scene.boxes[q:]
+    iou = box_iou(cxcywh_to_xyxy(gt), cxcywh_to_xyxy(kept))
+    best = iou.max(1)
+    obj_to_region = {j: int(best.indices[j]) for j in range(len(gt)) if float(best.values[j]) >= 0.5}
+    if not referenced_objects(sample) <= set(obj_to_region):
+        return None
+    refer_regions: list[int] = []
+    if user_row is not None:
+        refer_regions = [int(first_argmax(box_iou(cxcywh_to_xyxy(scene.boxes[user_row:user_row + 1]),
+                                                  cxcywh_to_xyxy(kept)))[0])]
+    enc = encoder.encode(sample, obj_to_region)
+    t = model_cfg.token_ids
+    ids, offset = data.expand_ids(enc.ids, t, model_cfg.num_image_tokens, len(rows), refer_regions)
+    ids_t = torch.tensor(ids, dtype=torch.long)
+    weights = torch.zeros(len(ids))
+    start = enc.answer_start + offset
+    weights[start:] = 1.0
+    pointer = []
+    for pos in range(start, len(ids)):
+        k = t.region_of(ids[pos])
+        if k is not None:
+            weights[pos] = s2.region_weight
+            pointer.append((pos - 1, k))
+    list_pos = [p for p in range(start) if t.region_of(ids[p]) is not None and ids[p + 1] == t.region]
+    weights[torch.tensor(list_pos, dtype=torch.long)] = s2.list_weight
+    region_attrs = torch.full((len(rows), 3), -1, dtype=torch.long)
+    if attrs is not None:
+        for j, k in obj_to_region.items():
+            region_attrs[k] = attrs[j]
+    anchors = []
+    a = anchor_object(sample, scene_obj)
+    if a is not None and a in obj_to_region:
+        anchors = [(p, obj_to_region[a]) for p, _ in pointer]
+    return Sequence(ids_t, weights, rows, torch.tensor([int(rows[k]) for k in refer_regions], dtype=torch.long),
+                    pointer, scene, region_attrs, kept.float(), anchors)
+
+
+def sequence_embeds(model: GromaForConditionalGeneration, s: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input embeddings of one sequence (as ``build_inputs_embeds``) and its region tokens."""
+    t = model.config.token_ids
+    updims = model.region_encoder.roi_align.updims
+    emb = model.embed_tokens(s.ids[None])[0]
+    reg = updims(s.scene.feats.float()[s.region_rows])
+    emb = emb.masked_scatter((s.ids == t.image)[:, None], model.img_txt_bridge(s.scene.merged.float()))
+    emb = emb.masked_scatter((s.ids == t.region)[:, None], reg)
+    if len(s.refer_rows):
+        emb = emb.masked_scatter((s.ids == t.refer_feat)[:, None], updims(s.scene.feats.float()[s.refer_rows]))
+    return emb, reg
+
+
+def sequence_hidden(model: GromaForConditionalGeneration, s: Sequence) -> torch.Tensor:
+    """Final hidden states [T, H] of one sequence (tests compare them with the engine)."""
+    return model.llm.model(inputs_embeds=sequence_embeds(model, s)[0][None]).last_hidden_state[0]

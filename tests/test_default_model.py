@@ -1,9 +1,12 @@
 """The embedded default model: it loads in the released format and really grounds (issue 6).
 
 The quality test runs the shipped checkpoint through ``GromaEngine`` (the CLI/ROS inference path) on a fixed
-slice of the held-out test split and requires the numbers below. Each floor is the lower of the issue's
-target and the value measured at export (MODEL_CARD.md) minus a margin for the small split's noise
-(5 points for REC/QA on ~150-250 samples, 0.05 for caption F1); REC must also beat both baselines.
+slice of the held-out test split (40 scenes, at most 6 samples per task and scene, ~15 s) and requires:
+floor = min(issue-6 target, value measured on this slice at export) - margin, margin 5 points (3 for proposal
+recall, 0.05 for caption F1). Target-based (the model reaches the target on this slice): proposal recall,
+REC attribute, region QA. Measured-based (training did not reach the target, see MODEL_CARD.md): REC relation
+(measured 61.5 %, target 85 %), caption F1 (measured 0.69, target 0.9); multi-object P/R have no target
+(measured 93 % / 85 %). REC must also beat both baselines (random kept region, always <r0>) by 25 points.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from groma_ros.model.modeling_groma import GromaForConditionalGeneration
 
 SCENES = 40
 BASELINE_MARGIN = 0.25  # REC accuracy must exceed the better baseline by this much (absolute)
-# filled from the final evaluation (see MODEL_CARD.md); keys as in EvalAccumulator.summary()
+# keys as in EvalAccumulator.summary(); measured with the shipped checkpoint on this slice
 FLOORS = {
-    "proposal_recall": 0.93,
-    "rec_attribute": 0.50,
-    "rec_relation": 0.40,
-    "caption_f1": 0.40,
-    "region_qa": 0.60,
+    "proposal_recall": 0.95,  # target 0.98 - 0.03 (measured 1.00)
+    "rec_attribute": 0.90,  # target 0.95 - 0.05 (measured 0.964)
+    "rec_relation": 0.56,  # measured 0.615 - 0.05 (target 0.85 not reached)
+    "caption_f1": 0.63,  # measured 0.688 - 0.05 (target 0.90 not reached)
+    "region_qa": 0.85,  # target 0.90 - 0.05 (measured 0.977)
+    "multi_precision": 0.88,  # measured 0.930 - 0.05 (no target)
+    "multi_recall": 0.79,  # measured 0.846 - 0.05 (no target)
 }
 
 

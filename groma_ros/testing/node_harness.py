@@ -196,9 +196,14 @@ class Peer:
         from lifecycle_msgs.srv import GetState
 
         assert self.get_state.wait_for_service(timeout_sec=10)
-        future = self.get_state.call_async(GetState.Request())
-        assert self.spin_until(future.done, 10)
-        return future.result().current_state.id
+        # A reply can be lost while the server has not yet matched this client's reply reader (DDS discovery
+        # race right after start-up); the query is idempotent, so ask again.
+        for _ in range(4):
+            future = self.get_state.call_async(GetState.Request())
+            if self.spin_until(future.done, 5):
+                return future.result().current_state.id
+            self.get_state.remove_pending_request(future)
+        raise AssertionError("no reply from get_state after 4 tries")
 
     def close(self) -> None:
         self.node.destroy_node()

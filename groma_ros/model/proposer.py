@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -80,6 +80,13 @@ class ProposerOutput:
     enc_topk_index: torch.Tensor  # [B, Q] encoder cells, row-major
     enc_topk_logit: torch.Tensor  # [B, Q]
     init_reference_points: torch.Tensor  # [B, Q, 4]
+    # every layer and every encoder cell, for the training losses (auxiliary and two-stage)
+    enc_logits: torch.Tensor | None = None  # [B, HW] objectness of every encoder cell
+    enc_boxes: torch.Tensor | None = None  # [B, HW, 4] encoder proposal boxes (cx, cy, w, h)
+    layer_boxes: list[torch.Tensor] = field(default_factory=list)  # per decoder layer [B, Q, 4]
+    layer_coco: list[torch.Tensor] = field(default_factory=list)  # per decoder layer [B, Q]
+    layer_sa1b: list[torch.Tensor] = field(default_factory=list)
+    hidden: torch.Tensor | None = None  # [B, Q, d] last decoder layer
 
 
 class GromaDeformableTransformer(nn.Module):
@@ -155,28 +162,31 @@ class GromaDeformableTransformer(nn.Module):
         enc_class = self.class_embed_enc(object_query)[..., 0]
         enc_coord_logits = self.bbox_embed[-1](object_query) + proposals
         topk_logit, topk_index = torch.topk(enc_class, self.config.two_stage_num_proposals, dim=1)
-        topk_coords = torch.gather(enc_coord_logits, 1, topk_index[..., None].expand(-1, -1, 4))
+        # reference points are detached, as upstream (no-op at inference, which runs without grad)
+        topk_coords = torch.gather(enc_coord_logits, 1, topk_index[..., None].expand(-1, -1, 4)).detach()
         reference = topk_coords.sigmoid()
         query_pos = self.pos_trans_norm(
-            self.pos_trans(sine_embed(topk_coords.sigmoid() * (2 * math.pi), d // 2).to(dtype))
+            self.pos_trans(sine_embed(reference * (2 * math.pi), d // 2).to(dtype))
         )[..., :d]
         hidden = self.query_position_embeddings.weight[None].expand(batch, -1, -1)
 
         ref_inv = inverse_sigmoid(reference)  # box maths stays in float32 whatever the weights' dtype
         prev_box_logits = ref_inv
+        layer_boxes, layer_coco, layer_sa1b = [], [], []
         for idx, layer in enumerate(self.decoder.layers):
             hidden = layer(
                 hidden, query_pos, reference[:, :, None].to(dtype), shapes, shapes_list, start, memory, None
             )
             delta = self.bbox_embed[idx](hidden)
-            box_logits = delta + prev_box_logits
+            layer_boxes.append((delta + prev_box_logits).sigmoid())
+            layer_coco.append(self.class_embed_coco[idx](hidden)[..., 0])
+            layer_sa1b.append(self.class_embed_sa1b[idx](hidden)[..., 0])
             # the next layer decodes relative to this layer's box (itself relative to the initial reference)
-            prev_box_logits = inverse_sigmoid((delta + ref_inv).sigmoid())
-        boxes = box_logits.sigmoid()
-        logit_coco = self.class_embed_coco[-1](hidden)[..., 0]
-        logit_sa1b = self.class_embed_sa1b[-1](hidden)[..., 0]
+            prev_box_logits = inverse_sigmoid((delta + ref_inv).sigmoid()).detach()
+        logit_coco, logit_sa1b = layer_coco[-1], layer_sa1b[-1]
         scores = logit_coco.sigmoid() ** 0.4 * logit_sa1b.sigmoid() ** 0.6
-        return ProposerOutput(boxes, scores, logit_coco, logit_sa1b, topk_index, topk_logit, reference)
+        return ProposerOutput(layer_boxes[-1], scores, logit_coco, logit_sa1b, topk_index, topk_logit, reference,
+                              enc_class, enc_coord_logits.sigmoid(), layer_boxes, layer_coco, layer_sa1b, hidden)
 
 
 class GromaPerceiver(nn.Module):

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--model", metavar="DIR", help="model directory (default: the embedded model)")
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     common.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    common.add_argument("--decode", default="dynamic", choices=("dynamic", "static", "compiled"),
+                        help="LLM decoding (static/compiled pay off on a GPU; see groma_ros.engine.decoding)")
     common.add_argument("--threads", type=int, default=None, help="CPU threads (default: min(4, cores))")
     common.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     common.add_argument("--save", metavar="PNG", help="write a copy of the image with boxes and phrases")
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from groma_ros.engine import GromaEngine
 
     engine = GromaEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype, num_threads=args.threads,
-                                         cache_frames=1, progress=not args.quiet)
+                                         cache_frames=1, progress=not args.quiet, decode=args.decode)
     if args.command == "detect":
         answer = engine.detect(image, score_threshold=args.score_threshold)
     else:

@@ -10,6 +10,7 @@ Every stage resumes from ``RUN_DIR`` (checkpoints every few minutes) and stops a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -44,6 +45,16 @@ def build_model(cfg: GromaConfig, seed: int) -> GromaForConditionalGeneration:
     return GromaForConditionalGeneration(cfg)
 
 
+def stage2_config(args: argparse.Namespace) -> Stage2Config:
+    """Stage2Config from the flags plus ``--stage2-set`` (JSON; lists become tuples, unknown fields refused)."""
+    s2 = Stage2Config(max_steps=args.stage2_steps, num_scenes=args.stage2_scenes, eval_scenes=args.eval_scenes)
+    overrides = json.loads(args.stage2_set)
+    known = {f.name for f in dataclasses.fields(Stage2Config)}
+    if unknown := set(overrides) - known:
+        raise SystemExit(f"--stage2-set: unknown Stage2Config fields {sorted(unknown)}; known: {sorted(known)}")
+    return dataclasses.replace(s2, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", type=Path, default=Path("runs/default"))
@@ -57,8 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stage2-scenes", type=int, default=Stage2Config.num_scenes)
     p.add_argument("--eval-minutes", type=float, default=10.0, help="stage-2 evaluation/export period")
     p.add_argument("--eval-scenes", type=int, default=Stage2Config.eval_scenes, help="val scenes per evaluation")
-    p.add_argument("--export", type=Path, default=DEFAULT_EXPORT, help="where the best checkpoint goes ('' = none)")
+    p.add_argument("--export", default=str(DEFAULT_EXPORT), help="where the best checkpoint goes ('' = none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the recipe uses one core)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (checkpoints stay device-independent)")
+    p.add_argument("--stage2-init", type=Path, help="state dict to continue stage 2 from (e.g. runs/x/stage2/best.pt)")
+    p.add_argument("--stage2-set", default="{}", metavar="JSON",
+                   help='override Stage2Config fields, e.g. \'{"batch_size": 64, "curriculum_steps": 0}\'')
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -66,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     tok, cfg = stage0(args.run_dir, args.vocab_size, args.corpus_scenes)
     print(f"stage 0: tokenizer {tok.vocab_size}+{len(tok) - tok.vocab_size} ids; run dir {args.run_dir}")
-    model = build_model(cfg, args.seed)
+    model = build_model(cfg, args.seed).to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters")
     if 1 in stages:
@@ -77,9 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     if 2 in stages:
         from groma_ros.training.stage2 import run_stage2
 
-        s2 = Stage2Config(max_steps=args.stage2_steps, num_scenes=args.stage2_scenes, eval_scenes=args.eval_scenes)
+        s2 = stage2_config(args)
         run_stage2(model, tok, args.run_dir, s2, args.stage2_minutes, seed=args.seed,
-                   export_dir=args.export if str(args.export) else None, eval_minutes=args.eval_minutes)
+                   export_dir=Path(args.export) if args.export else None, eval_minutes=args.eval_minutes,
+                   init=args.stage2_init)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,15 @@ def test_gpu_script_tiny_mode_prints_the_json_report():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
+    assert [v["decode"] for v in report["variants"]] == ["dynamic", "static", "compiled"]
+    assert all("error" not in v for v in report["variants"])
     v = report["variants"][0]
     assert v["variant"] == "bfloat16" and v["params"] > 0
     for key in ("first_rec_ms", "followup_rec_ms", "vision_proposer_region_ms", "prefix_prefill_ms",
                 "decode_ms_per_token", "peak_rss_gib"):
         assert v[key] > 0, key
-    assert v["decode_tokens"] == 16 and v["rec_completion_tokens"] == 8  # </s> suppressed: full length
+    assert v["decode_tokens"] == 16 and v["rec_completion_tokens"] == 4  # </s> suppressed: full length
+    assert v["decode_step_ms"]["median"] > 0
     assert v["stages_first_ms"]["prefix_prefill_ms"] > 0
 
 

@@ -26,6 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from . import parsing, prompts
+from .decoding import DecodeMode, make_decoder
 from .generation import GenerationOutput, greedy_decode
 from .perception import (
     FrameCache,
@@ -33,7 +34,6 @@ from .perception import (
     PrefixState,
     boxes_to_pixels,
     clip_user_box,
-    fork_cache,
     pixels_to_cxcywh,
 )
 from .preprocess import ImageError, Interpolation, check_image, preprocess
@@ -180,7 +180,8 @@ class GromaEngine:
     """Perceive-once, ask-many Groma inference (no ROS). Thread-safe: calls are serialized."""
 
     def __init__(self, model, tokenizer, *, model_id: str = "groma", cache_frames: int = 4,
-                 cache_bytes: int | None = DEFAULT_CACHE_BYTES, interpolation: Interpolation = "bilinear") -> None:
+                 cache_bytes: int | None = DEFAULT_CACHE_BYTES, interpolation: Interpolation = "bilinear",
+                 decode: DecodeMode = "dynamic") -> None:
         cfg = model.config
         if tokenizer.vocab_size != cfg.llm_cfg.vocab_size or len(tokenizer) != cfg.vocab_size:
             raise ModelLoadError(
@@ -197,17 +198,20 @@ class GromaEngine:
         self._ids = cfg.token_ids
         self.prompts = prompts.PromptBuilder()
         self._prefix_ids = torch.tensor([tokenizer.encode(prompts.PREFIX)], dtype=torch.long)
+        self.decode_mode = decode
+        self._decoder = make_decoder(model, decode)
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | None = None, *, device: str = "cpu", dtype: str = "float32",
                         num_threads: int | None = None, cache_frames: int = 4, progress: bool = True,
                         cache_bytes: int | None = DEFAULT_CACHE_BYTES,
-                        interpolation: Interpolation = "bilinear") -> GromaEngine:
+                        interpolation: Interpolation = "bilinear", decode: DecodeMode = "dynamic") -> GromaEngine:
         """Load a model directory (released format or ours; ``None`` = the embedded default model).
 
         ``num_threads`` sets torch's intra-op CPU threads (default min(4, cores) on CPU: more rarely helps
-        at batch 1 and starves the ROS executor). Raises ``ModelNotFoundError`` / ``ModelLoadError``.
+        at batch 1 and starves the ROS executor). ``decode``: see ``decoding`` (``static``/``compiled`` pay off on
+        a GPU). Raises ``ModelNotFoundError`` / ``ModelLoadError``.
         """
         from groma_ros.model import GromaForConditionalGeneration
         from groma_ros.model.tokenization_groma import GromaTokenizer
@@ -230,7 +234,13 @@ class GromaEngine:
             raise ModelLoadError(f"could not load the model from {directory}: {type(err).__name__}: {err}") from err
         model.eval()
         return cls(model, tokenizer, model_id=directory.name, cache_frames=cache_frames, cache_bytes=cache_bytes,
-                   interpolation=interpolation)
+                   interpolation=interpolation, decode=decode)
+
+    def warm_up(self) -> None:
+        """One throw-away query on a blank frame: builds kernels, CUDA graphs and the KV buffer up front."""
+        blank = np.zeros((self.model.config.image_size, self.model.config.image_size, 3), np.uint8)
+        self.ask(blank, "warm up", task=Task.VQA, max_new_tokens=3)
+        self.frames.clear()
 
     def release(self) -> None:
         """Drop the model, tokenizer and cached frames (lifecycle deactivate); the engine is unusable after."""
@@ -238,6 +248,7 @@ class GromaEngine:
             self.frames.clear()
             self.model = None
             self.tokenizer = None
+            self._decoder = None
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -496,31 +507,28 @@ class GromaEngine:
             return trace
 
         t0 = time.perf_counter()
-        cache = fork_cache(state.cache)
-        embeds = model.build_inputs_embeds(suffix, None, None, refer_feats)
-        out = model.llm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
-        first = model.lm_logits(out.last_hidden_state[:, -1])[0]
+        decoder = self._decoder
+        decoder.begin(state.cache, state.prefix_len)
+        first = decoder.prefill(model.build_inputs_embeds(suffix, None, None, refer_feats))
         _sync(device)
         answer.timings.query_prefill_ms = (time.perf_counter() - t0) * 1000.0
 
-        def step(token: int) -> torch.Tensor:
-            emb = model.embed_tokens(torch.tensor([[token]], device=device))
-            o = model.llm.model(inputs_embeds=emb, past_key_values=cache, use_cache=True)
-            return model.lm_logits(o.last_hidden_state[:, -1])[0]
-
-        decoder = tok.incremental_decoder(skip_special_tokens=False)
+        text = tok.incremental_decoder(skip_special_tokens=False)
         pieces: list[str] = []
 
         def emit(token: int) -> None:
-            piece = decoder.push(token)
+            piece = text.push(token)
             if piece:
                 pieces.append(piece)
                 if on_token is not None:
                     on_token(piece)
 
-        gen = greedy_decode(first, step, eos_token_id=tok.eos_id, max_new_tokens=limit, on_token=emit,
-                            should_cancel=should_cancel, keep_logits=keep_logits)
-        tail = decoder.flush()
+        try:
+            gen = greedy_decode(first, decoder.step, eos_token_id=tok.eos_id, max_new_tokens=limit, on_token=emit,
+                                should_cancel=should_cancel, keep_logits=keep_logits)
+        finally:
+            decoder.end()
+        tail = text.flush()
         if tail:
             pieces.append(tail)
             if on_token is not None:

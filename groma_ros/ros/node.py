@@ -189,8 +189,13 @@ class GromaNode(LifecycleNode):
         t0 = time.monotonic()
         engine = GromaEngine.from_pretrained(
             p.model_path or None, device=p.model_device, dtype=p.model_dtype,
-            num_threads=p.model_num_threads or None, cache_frames=p.model_cache_frames, progress=False)
+            num_threads=p.model_num_threads or None, cache_frames=p.model_cache_frames, progress=False,
+            decode=p.model_decode)
         self.get_logger().info(f"model {engine.model_id} loaded in {time.monotonic() - t0:.1f} s")
+        if p.model_decode == "compiled":  # pay the compilation now, not on the first spoken command
+            t0 = time.monotonic()
+            engine.warm_up()
+            self.get_logger().info(f"decode step compiled in {time.monotonic() - t0:.1f} s")
         return engine
 
     def _subscribe(self, p: NodeParams) -> None:

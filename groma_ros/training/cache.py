@@ -39,7 +39,7 @@ def build_cache(model: GromaForConditionalGeneration, num_scenes: int, batch: in
     out: list[SceneCache] = []
     for s in tqdm(range(start, start + num_scenes, batch), desc="stage 2 cache", unit="batch", mininterval=10):
         idx = list(range(s, min(s + batch, start + num_scenes)))
-        items = [data.scene_tensors(data.train_scene(i), model.config.image_size) for i in idx]
+        items = [data.scene_tensors(data.train_scene(i), model.config.image_size).to(model.device) for i in idx]
         states = forward.vision_states(model, data.stack_pixels(items))
         trace = forward.propose(model, states)
         merged = forward.merged_image_features(model, states)
@@ -48,17 +48,25 @@ def build_cache(model: GromaForConditionalGeneration, num_scenes: int, batch: in
         for b, item in enumerate(items):
             keep = trace.scores[b] > CANDIDATE_MIN_SCORE  # the rest can never pass NMS's score threshold
             boxes = torch.cat([trace.boxes[b][keep], item.boxes])
-            scores = torch.cat([trace.scores[b][keep], torch.full((len(item.boxes),), GT_SCORE)])
+            scores = torch.cat([trace.scores[b][keep], torch.full((len(item.boxes),), GT_SCORE, device=keep.device)])
             per_scene.append((boxes, scores))
         all_boxes = torch.cat([bx for bx, _ in per_scene])
-        bidx = torch.cat([torch.full((len(bx),), b, dtype=torch.long) for b, (bx, _) in enumerate(per_scene)])
+        bidx = torch.cat([torch.full((len(bx),), b, dtype=torch.long, device=bx.device)
+                          for b, (bx, _) in enumerate(per_scene)])
         feats = forward.region_features(model.region_encoder, maps, all_boxes, bidx).split(
             [len(bx) for bx, _ in per_scene])
         for b, (i, item) in enumerate(zip(idx, items, strict=True)):
             boxes, scores = per_scene[b]
-            out.append(SceneCache(i, len(item.boxes), merged[b].half(), boxes.float(), scores.float(),
-                                  feats[b].half()))
+            # boxes/scores on the CPU (per-sequence NMS there is cheaper than tiny GPU kernels)
+            out.append(SceneCache(i, len(item.boxes), merged[b].half().cpu(), boxes.float().cpu(),
+                                  scores.float().cpu(), feats[b].half().cpu()))
     return out
+
+
+def cache_to(cache: list[SceneCache], device: torch.device | str) -> list[SceneCache]:
+    """Features (what the LLM reads) on ``device``; boxes and scores stay on the CPU for region selection."""
+    return [SceneCache(c.index, c.num_objects, c.merged.to(device), c.boxes, c.scores, c.feats.to(device))
+            for c in cache]
 
 
 def load_or_build_cache(model: GromaForConditionalGeneration, path: Path, num_scenes: int) -> list[SceneCache]:

@@ -35,6 +35,10 @@ class SceneTensors:
     shape: torch.Tensor  # [N]
     size: torch.Tensor  # [N]
 
+    def to(self, device: torch.device | str) -> SceneTensors:
+        return SceneTensors(self.seed, *(t.to(device) for t in (self.pixels, self.boxes, self.color, self.shape,
+                                                                 self.size)))
+
 
 def scene_boxes_cxcywh(scene: Scene) -> torch.Tensor:
     """Object boxes normalized by the image size, as cx, cy, w, h (the model's box format)."""

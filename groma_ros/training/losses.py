@@ -44,7 +44,7 @@ def align_loss(model: GromaForConditionalGeneration, seqs: list[Sequence], regio
     if bool(valid.any()):
         r = F.normalize(reg[valid], dim=-1)
         for col, name in enumerate(("color", "shape", "size")):
-            words = torch.stack([emb[torch.tensor(ids)].mean(0) for ids in aux.word_ids[name]])
+            words = torch.stack([emb[torch.tensor(ids, device=emb.device)].mean(0) for ids in aux.word_ids[name]])
             logits = 10.0 * r @ F.normalize(words, dim=-1).T
             loss = loss + F.cross_entropy(logits, labels[valid, col])
     return loss
@@ -63,6 +63,7 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
     Loss: mean negative log attention weight on the targets. Also returns the pointer heads' argmax accuracy.
     """
     terms, hits = [], []
+    dev = attentions[0].device
     for b, s in enumerate(seqs):
         region_pos = torch.nonzero(s.ids == t.region).flatten()
         if len(region_pos):
@@ -70,11 +71,11 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
             terms.append(-(a + 1e-6).log())
         if not s.pointer:
             continue
-        q = torch.tensor([p for p, _ in s.pointer])
-        k = region_pos[torch.tensor([k for _, k in s.pointer])]
+        q = torch.tensor([p for p, _ in s.pointer], device=dev)
+        target = torch.tensor([k for _, k in s.pointer], device=dev)
+        k = region_pos[target]
         for layer in s2.pointer_layers:
             terms.append(-(attentions[layer][b, 0, q, k] + 1e-6).log())
-            target = torch.tensor([k for _, k in s.pointer])
             hits.append(attentions[layer][b, 0, q][:, region_pos].argmax(-1) == target)
         opens = torch.nonzero(s.ids == t.by_name("<p>")).flatten().tolist()
         closes = torch.nonzero(s.ids == t.by_name("</p>")).flatten().tolist()
@@ -89,13 +90,15 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
             for layer in s2.anchor_layers:
                 terms.append(-(attentions[layer][b, 2, p, region_pos[k]] + 1e-6).log()[None])
     loss = torch.cat(terms).mean() if terms else attentions[0].sum() * 0
-    acc = torch.cat(hits).float().mean() if hits else torch.tensor(float("nan"))
+    acc = torch.cat(hits).float().mean() if hits else torch.tensor(float("nan"), device=dev)
     return loss, acc
 
 
 def batch_forward(model: GromaForConditionalGeneration, seqs: list[Sequence], aux: Stage2Aux,
                   s2: Stage2Config) -> dict[str, torch.Tensor]:
     t = model.config.token_ids
+    dev = model.llm.device
+    seqs = [s.to(dev) for s in seqs]
     embeds, masks = [], []
     region_tokens_all = []
     T = max(len(s.ids) for s in seqs)
@@ -104,7 +107,8 @@ def batch_forward(model: GromaForConditionalGeneration, seqs: list[Sequence], au
         region_tokens_all.append(reg)
         pad = T - len(s.ids)
         embeds.append(F.pad(emb, (0, 0, 0, pad)))
-        masks.append(torch.cat([torch.ones(len(s.ids), dtype=torch.long), torch.zeros(pad, dtype=torch.long)]))
+        masks.append(torch.cat([torch.ones(len(s.ids), dtype=torch.long, device=dev),
+                                torch.zeros(pad, dtype=torch.long, device=dev)]))
     out = model.llm.model(inputs_embeds=torch.stack(embeds), attention_mask=torch.stack(masks),
                           output_attentions=s2.attn_weight > 0)
     hidden = out.last_hidden_state
@@ -128,15 +132,15 @@ def batch_forward(model: GromaForConditionalGeneration, seqs: list[Sequence], au
     for b, s in enumerate(seqs):
         if not s.pointer:
             continue
-        pos = torch.tensor([p for p, _ in s.pointer])
-        tgt = torch.tensor([k for _, k in s.pointer])
+        pos = torch.tensor([p for p, _ in s.pointer], device=dev)
+        tgt = torch.tensor([k for _, k in s.pointer], device=dev)
         q = aux.query(hidden[b, pos])
         sim = q @ region_tokens_all[b].T / q.shape[-1] ** 0.5
         con = con + F.cross_entropy(sim, tgt, reduction="sum")
         n_con += len(pos)
     con = con / max(1, n_con)
     with torch.no_grad():
-        region_mask = torch.tensor([t.region_of(int(x)) is not None for x in targets]) & ~is_list
+        region_mask = torch.tensor([t.region_of(int(x)) is not None for x in targets.tolist()], device=dev) & ~is_list
         pred = logits.argmax(-1)
         ptr_acc = (pred[region_mask] == targets[region_mask]).float().mean() if bool(region_mask.any()) else None
     zero = ce.sum() * 0
@@ -145,4 +149,4 @@ def batch_forward(model: GromaForConditionalGeneration, seqs: list[Sequence], au
     total = lm + s2.list_weight * lst + s2.contrast_weight * con + s2.attn_weight * attn + s2.align_weight * align
     return {"loss": total, "lm": lm, "list": lst, "contrast": con, "attn": attn, "attn_acc": attn_acc,
             "align": align,
-            "pointer_acc": ptr_acc if ptr_acc is not None else torch.tensor(float("nan"))}
+            "pointer_acc": ptr_acc if ptr_acc is not None else torch.tensor(float("nan"), device=dev)}

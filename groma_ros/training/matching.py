@@ -37,7 +37,7 @@ def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, gt: torch.Tensor,
     logits [Q] objectness, boxes [Q, 4] and gt [N, 4] normalized cx, cy, w, h.
     """
     if len(gt) == 0:
-        empty = torch.empty(0, dtype=torch.long)
+        empty = torch.empty(0, dtype=torch.long, device=logits.device)
         return empty, empty
     p = logits.float().sigmoid()[:, None]
     neg = (1 - alpha) * p**gamma * -(1 - p + 1e-8).log()
@@ -45,8 +45,9 @@ def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, gt: torch.Tensor,
     cost = cost_class * (pos - neg).expand(-1, len(gt))
     cost = cost + cost_l1 * torch.cdist(boxes.float(), gt.float(), p=1)
     cost = cost - cost_giou * generalized_iou(cxcywh_to_xyxy(boxes.float()), cxcywh_to_xyxy(gt.float()))
-    q, g = linear_sum_assignment(cost.cpu().numpy())
-    return torch.as_tensor(q, dtype=torch.long), torch.as_tensor(g, dtype=torch.long)
+    q, g = linear_sum_assignment(cost.cpu().numpy())  # scipy: on the CPU whatever the device
+    return (torch.as_tensor(q, dtype=torch.long, device=logits.device),
+            torch.as_tensor(g, dtype=torch.long, device=logits.device))
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,

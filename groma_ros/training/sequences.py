@@ -39,6 +39,13 @@ class Sequence:
     region_boxes: torch.Tensor  # [K, 4] kept boxes (cx, cy, w, h)
     anchors: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (pointer position, anchor region)
 
+    def to(self, device: torch.device | str) -> Sequence:
+        """The tensors the forward reads on ``device`` (built on the CPU: region selection there is cheaper)."""
+        return dataclasses.replace(self, ids=self.ids.to(device), weights=self.weights.to(device),
+                                   region_rows=self.region_rows.to(device), refer_rows=self.refer_rows.to(device),
+                                   region_attrs=self.region_attrs.to(device),
+                                   region_boxes=self.region_boxes.to(device))
+
 
 def anchor_object(sample: TextSample, scene: Scene | None) -> int | None:
     """The anchor object of a binary relation expression ("the square below the purple shape"), if unique."""

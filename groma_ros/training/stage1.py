@@ -102,12 +102,12 @@ def proposal_recall(model: GromaForConditionalGeneration, n_scenes: int = 64, sp
     seeds = list(split_seeds(split, n_scenes))
     for s in range(0, len(seeds), batch):
         items = [data.scene_tensors(generate_scene(seed), model.config.image_size) for seed in seeds[s:s + batch]]
-        states = forward.vision_states(model, data.stack_pixels(items))
+        states = forward.vision_states(model, data.stack_pixels(items).to(model.device))
         trace = forward.propose(model, states)
         for i, item in enumerate(items):
             sel = model.select_regions(trace.boxes[i], trace.scores[i])
             kept += len(sel.boxes)
-            iou = box_iou(cxcywh_to_xyxy(item.boxes), cxcywh_to_xyxy(sel.boxes.float()))
+            iou = box_iou(cxcywh_to_xyxy(item.boxes), cxcywh_to_xyxy(sel.boxes.float().cpu()))
             hits += int((iou.max(1).values >= 0.5).sum())
             total += len(item.boxes)
     model.train()
@@ -117,10 +117,11 @@ def proposal_recall(model: GromaForConditionalGeneration, n_scenes: int = 64, sp
 def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1Config, max_minutes: float,
                seed: int = 0, checkpoint_minutes: float = 3.0, eval_minutes: float = 4.0,
                on_eval=None) -> GromaForConditionalGeneration:
-    """Train until the budget or ``cfg.max_steps``; resumes from ``run_dir/stage1/ckpt.pt``."""
+    """Train until the budget or ``cfg.max_steps`` on the model's device; resumes from ``run_dir/stage1/ckpt.pt``."""
     out_dir = run_dir / "stage1"
     ckpt_path = out_dir / "ckpt.pt"
-    heads = Stage1Heads(model)
+    device = model.device
+    heads = Stage1Heads(model).to(device)
     params = trainable_stage1(model) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, scene_index = 0, 0
@@ -148,7 +149,7 @@ def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1C
 
     t_last = time.monotonic()
     while step < cfg.max_steps and not budget.exhausted():
-        items = [data.scene_tensors(data.train_scene(scene_index + i), model.config.image_size)
+        items = [data.scene_tensors(data.train_scene(scene_index + i), model.config.image_size).to(device)
                  for i in range(cfg.batch_size)]
         scene_index += cfg.batch_size
         lr = common.cosine_lr(step, cfg.warmup_steps, max(cfg.warmup_steps + 1, int(step / max(budget.fraction(),
@@ -162,7 +163,8 @@ def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1C
         n_reg = min(REGION_AUX_IMAGES, len(items))
         maps = model.region_encoder.fuse([s[:n_reg] for s in states], model.config.grid_size)
         boxes = torch.cat([jitter_boxes(t.boxes) for t in items[:n_reg]])
-        bidx = torch.cat([torch.full((len(t.boxes),), i, dtype=torch.long) for i, t in enumerate(items[:n_reg])])
+        bidx = torch.cat([torch.full((len(t.boxes),), i, dtype=torch.long, device=device)
+                          for i, t in enumerate(items[:n_reg])])
         feats = forward.region_features(model.region_encoder, maps, boxes, bidx)
         labels = [torch.cat([getattr(t, name) for t in items[:n_reg]]) for name in ("color", "shape", "size")]
         losses["region_attr"] = heads.region.loss(feats, *labels)

@@ -29,7 +29,7 @@ from groma_ros.synthetic.scenes import Scene
 from groma_ros.synthetic.texts import generate_samples
 
 from . import common, data
-from .cache import SceneCache, build_cache, load_or_build_cache  # noqa: F401  (SceneCache: old pickles)
+from .cache import SceneCache, build_cache, cache_to, load_or_build_cache  # noqa: F401  (SceneCache: old pickles)
 from .losses import Stage2Aux, attribute_word_ids, batch_forward
 from .recipe import Stage2Config
 from .sequences import Sequence, make_sequence
@@ -69,19 +69,24 @@ def export_model(model: GromaForConditionalGeneration, tokenizer, directory: Pat
 # ---------------------------------------------------------------------------------------------- runner
 def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s2: Stage2Config,
                max_minutes: float, seed: int = 0, export_dir: Path | None = None,
-               eval_minutes: float = 8.0) -> GromaForConditionalGeneration:
-    """Train until the budget; every ``eval_minutes`` evaluate on val scenes through the engine and export
-    the best checkpoint so far to ``export_dir``. Resumes from ``run_dir/stage2/ckpt.pt``."""
+               eval_minutes: float = 8.0, init: Path | None = None) -> GromaForConditionalGeneration:
+    """Train on the model's device until the budget; every ``eval_minutes`` evaluate on val scenes through the
+    engine and export the best checkpoint so far to ``export_dir``. Resumes from ``run_dir/stage2/ckpt.pt``.
+
+    ``init``: a full state dict (e.g. an earlier run's ``stage2/best.pt``) to continue from when this run has no
+    stage-2 checkpoint yet: it replaces the stage-1 weights (its perception is stage 1's, frozen since) and skips
+    the readout initialisation; set ``curriculum_steps=0`` for such a warm start."""
     from .quick_eval import quick_eval
 
     out_dir = run_dir / "stage2"
     ckpt_path = out_dir / "ckpt.pt"
-    s1 = common.load_checkpoint(run_dir / "stage1" / "ckpt.pt")
+    device = model.device
+    s1 = common.load_checkpoint(init if init is not None else run_dir / "stage1" / "ckpt.pt")
     if s1 is None:
-        raise FileNotFoundError(f"stage 1 checkpoint missing: {run_dir / 'stage1' / 'ckpt.pt'}")
-    model.load_state_dict(s1["model"])
+        raise FileNotFoundError(f"stage 1 checkpoint missing: {init or run_dir / 'stage1' / 'ckpt.pt'}")
+    model.load_state_dict(s1["model"] if "model" in s1 else s1)
     del s1
-    cache = load_or_build_cache(model, out_dir / "cache.pt", s2.num_scenes)
+    cache = cache_to(load_or_build_cache(model, out_dir / "cache.pt", s2.num_scenes), device)
     for p in model.parameters():
         p.requires_grad_(False)
     params = trainable_stage2(model)
@@ -89,7 +94,7 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
         p.requires_grad_(True)
     if s2.attn_weight > 0:
         model.llm.config._attn_implementation = "eager"  # attention weights for the supervision losses
-    aux = Stage2Aux(model.config.llm_cfg.hidden_size, attribute_word_ids(tokenizer))
+    aux = Stage2Aux(model.config.llm_cfg.hidden_size, attribute_word_ids(tokenizer)).to(device)
     opt = torch.optim.AdamW(params + list(aux.parameters()), lr=s2.lr, weight_decay=s2.weight_decay)
     step, best = 0, -1.0
     state = common.load_checkpoint(ckpt_path)
@@ -102,7 +107,10 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
         print(f"stage 2: resumed at step {step} (best {best:.3f})")
     else:
         common.seed_everything(seed)
-        init_region_readout(model)
+        if init is None:
+            init_region_readout(model)
+    common.log_json(run_dir / "log.jsonl", {"stage": 2, "start_step": step, "device": str(device),
+                                            "init": str(init) if init else None, "config": s2.as_dict()})
     rng = random.Random(seed * 1000 + step)
     encoder = data.PromptEncoder(tokenizer)
     simple = [c for c in cache if c.num_objects <= s2.curriculum_objects]
@@ -184,5 +192,6 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
         if eval_timer():
             evaluate_and_export(s2.eval_scenes)
     bar.close()
+    save()  # before the final evaluation: a failure there must not cost the training
     evaluate_and_export(2 * s2.eval_scenes)
     return model

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+
+import pytest
+import torch
 
 from groma_ros.engine.engine import GromaEngine
 from groma_ros.train import main
@@ -19,3 +23,26 @@ def test_train_all_stages_tiny(tmp_path):
     engine = GromaEngine.from_pretrained(str(export), num_threads=1, progress=False)
     assert engine.model.config.region_box_convention == "corrected"
     main(args)  # resumes: both stages are already at their step limits
+
+
+def test_stage2_warm_start_with_overrides(tmp_path, monkeypatch):
+    """``--stage2-init`` continues from another run's weights; ``--stage2-set`` overrides recipe fields."""
+    monkeypatch.chdir(tmp_path)  # ``--export ''`` must export nowhere, not into the working directory
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--vocab-size", "400", "--corpus-scenes", "20", "--stage2-scenes", "8", "--eval-scenes", "1",
+              "--export", ""]
+    main(["--run-dir", str(first), "--stage1-steps", "2", "--stage2-steps", "2", *common])
+    for name in ("tokenizer", "config.json", "stage1"):  # the second run shares the first one's stage 0/1
+        src = first / name
+        shutil.copytree(src, second / name) if src.is_dir() else shutil.copy(src, second / name)
+    overrides = {"batch_size": 4, "curriculum_steps": 0, "anchor_layers": [1], "lr": 5e-4}
+    main(["--run-dir", str(second), "--stages", "2", "--stage2-steps", "3", "--stage2-init",
+          str(first / "stage2" / "best.pt"), "--stage2-set", json.dumps(overrides), *common])
+    records = [json.loads(line) for line in (second / "log.jsonl").read_text().splitlines()]
+    start = next(r for r in records if "config" in r)
+    assert start["init"].endswith("best.pt") and start["config"]["anchor_layers"] == [1]
+    assert start["config"]["batch_size"] == 4 and start["config"]["curriculum_steps"] == 0
+    assert torch.load(second / "stage2" / "ckpt.pt", weights_only=False)["step"] == 3
+    assert not list(tmp_path.glob("*.safetensors"))
+    with pytest.raises(SystemExit, match="unknown Stage2Config fields"):
+        main(["--run-dir", str(second), "--stages", "2", "--stage2-set", '{"batch": 4}', *common])

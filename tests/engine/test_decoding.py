@@ -1,6 +1,6 @@
 """The three decoders (``dynamic``, ``static``, ``compiled``) give the same tokens and logits.
 
-``static``/``compiled`` exist for GPUs (benchmarks/RESULTS.md: 9x faster 7B decode on an H200 when compiled);
+``static``/``compiled`` exist for GPUs (benchmarks/RESULTS.md: 12x faster 7B decode on an H200 when compiled);
 here they run on the CPU, which is enough to prove they are exact: same prefix copy, same positions, same mask.
 """
 

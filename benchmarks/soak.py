@@ -67,7 +67,7 @@ def soak(peer: Peer, pid: int, args: argparse.Namespace) -> dict:
             sent_at[text] = time.perf_counter()
             peer.query.publish(String(data=text))
             in_flight, queries_sent = text, queries_sent + 1
-        peer.rclpy.spin_once(peer.node, timeout_sec=0.0)
+        peer.spin_once(0.0)
         for at, answer in peer.received[seen:]:
             if answer.query in sent_at and answer.query not in latency and answer.status == 0:  # OK answers only
                 latency[answer.query] = (at - sent_at[answer.query]) * 1000.0
@@ -79,7 +79,7 @@ def soak(peer: Peer, pid: int, args: argparse.Namespace) -> dict:
             next_sample += 1.0
         wait = min(next_frame, next_sample) - time.perf_counter()
         if wait > 0 and in_flight is not None:
-            peer.rclpy.spin_once(peer.node, timeout_sec=min(wait, 0.005))
+            peer.spin_once(min(wait, 0.005))
         elif wait > 0:
             time.sleep(min(wait, 0.005))
     peer.pause(2.0)  # stragglers and duplicates

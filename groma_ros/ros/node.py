@@ -110,6 +110,7 @@ class GromaNode(LifecycleNode):
                        "last_generate_ms": 0.0}
         self._stats_lock = threading.Lock()
         self._model_error = ""
+        self._last_decoded: tuple[tuple, Any] | None = None  # (frame key, rgb): follow-ups skip the decode
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -252,6 +253,7 @@ class GromaNode(LifecycleNode):
             self.destroy_publisher(pub)
         self._publishers_.clear()
         self.lifter = None
+        self._last_decoded = None
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
@@ -389,10 +391,7 @@ class GromaNode(LifecycleNode):
             raise _Aborted("model released")
         if request.on_progress:
             request.on_progress(Ground.Feedback.STAGE_PERCEIVING, "")
-        if isinstance(image_msg, CompressedImage):
-            rgb = compressed_to_rgb8(image_msg)
-        else:
-            rgb = imgmsg_to_rgb8(image_msg)
+        rgb = self._decoded_frame(image_msg)
         partial: list[str] = []
 
         def on_token(piece: str) -> None:
@@ -413,6 +412,15 @@ class GromaNode(LifecycleNode):
                 self.get_logger().warning(f"3-D lifting skipped for {request.query_id}: {type(exc).__name__}: {exc}",
                                           throttle_duration_sec=5.0)
         return outcome
+
+    def _decoded_frame(self, image_msg: Any) -> Any:
+        """RGB of ``image_msg``; follow-up queries on the same frame reuse the last decode (worker thread only)."""
+        key = (stamp_to_ns(image_msg.header.stamp), image_msg.header.frame_id, id(image_msg))
+        if self._last_decoded is not None and self._last_decoded[0] == key:
+            return self._last_decoded[1]
+        rgb = compressed_to_rgb8(image_msg) if isinstance(image_msg, CompressedImage) else imgmsg_to_rgb8(image_msg)
+        self._last_decoded = (key, rgb)
+        return rgb
 
     # ------------------------------------------------------------------ outputs
     def _answer_from(self, request: Request, header: Header, outcome: Outcome | None,

@@ -67,7 +67,7 @@ def test_queries_queue_in_order_then_busy(node):
     # the overflow is answered BUSY at once, while the long goal still runs
     assert peer.spin_until(lambda: sum(a.status == GroundedAnswer.BUSY for a in peer.answers
                                        if a.query in texts) >= 3, 15)
-    peer.rclpy.spin_until_future_complete(peer.node, handle.cancel_goal_async(), timeout_sec=10)
+    peer.wait_future(handle.cancel_goal_async(), 10)
     assert peer.result_of(handle).status == GroundedAnswer.CANCELED
     assert peer.spin_until(lambda: all(_answers_for(peer, texts)[t] for t in texts), 60)
     peer.pause(0.5)

@@ -12,6 +12,7 @@ import gc
 import itertools
 import math
 import os
+import queue
 import sys
 import threading
 import time
@@ -26,9 +27,10 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
@@ -111,6 +113,10 @@ class GromaNode(LifecycleNode):
         self._stats_lock = threading.Lock()
         self._model_error = ""
         self._last_decoded: tuple[tuple, Any] | None = None  # (frame key, rgb): follow-ups skip the decode
+        # Action goals await their answer: the worker queues it and triggers this guard condition, whose callback
+        # runs on the executor thread (rclpy futures are not meant to be completed from other threads).
+        self._completions: queue.SimpleQueue[tuple[Future, GroundedAnswer]] = queue.SimpleQueue()
+        self._completion_guard = self.create_guard_condition(self._complete_goals)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -291,7 +297,17 @@ class GromaNode(LifecycleNode):
         request = Request(self._next_query_id(), msg.data, int(Task.AUTO), lift_3d=bool(p and p.use_depth))
         self.submit_request(request, lambda answer: None)
 
-    def _execute_goal(self, goal_handle: Any) -> Ground.Result:
+    def _complete_goals(self) -> None:
+        """Guard-condition callback (executor thread): hand answers from the worker to their goal coroutines."""
+        while True:
+            try:
+                future, answer = self._completions.get_nowait()
+            except queue.Empty:
+                return
+            if not future.done():
+                future.set_result(answer)
+
+    async def _execute_goal(self, goal_handle: Any) -> Ground.Result:
         goal = goal_handle.request
         started = time.monotonic()
 
@@ -305,19 +321,14 @@ class GromaNode(LifecycleNode):
                           score_threshold=float(goal.score_threshold), max_new_tokens=int(goal.max_new_tokens),
                           lift_3d=bool(goal.lift_3d), on_progress=progress,
                           cancel_requested=lambda: goal_handle.is_cancel_requested)
-        done = threading.Event()
-        box: list[GroundedAnswer] = []
+        future = Future()
 
-        def on_answer(answer: GroundedAnswer) -> None:
-            box.append(answer)
-            done.set()
+        def on_answer(answer: GroundedAnswer) -> None:  # worker thread (or here, for a rejection)
+            self._completions.put((future, answer))
+            self._completion_guard.trigger()
 
         self.submit_request(request, on_answer, precheck_error=problem)
-        while not done.wait(0.5):
-            if not rclpy.ok():
-                break
-        answer = box[0] if box else messages.error_answer_msg(
-            request.query_id, request.query, request.task, Status.CANCELED, "node shut down")
+        answer = await future  # the executor thread stays free for frames and other queries meanwhile
         if answer.status == Status.CANCELED and goal_handle.is_cancel_requested:
             goal_handle.canceled()
         elif answer.status == Status.OK:
@@ -616,7 +627,10 @@ def main(args: list[str] | None = None) -> int:
     if node.get_parameter("autostart").value:
         if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             node.trigger_activate()
-    executor = MultiThreadedExecutor(num_threads=max(6, int(node.get_parameter("queue_size").value) + 4))
+    # One executor thread: every callback is short (frames are buffered, queries queued, goals awaited), the model
+    # runs on the worker thread. rclpy's MultiThreadedExecutor added ~2.5 ms to each query's delivery here
+    # (benchmarks/RESULTS.md).
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     code = 0
     try:

@@ -132,6 +132,17 @@ class GromaForConditionalGeneration(nn.Module):
         return self.new_input_embs.weight.dtype
 
     # ----------------------------------------------------------------------------------------------- vision
+    def merge_image_features(self, last_state: torch.Tensor) -> torch.Tensor:
+        """Low-resolution LLM image features: each 2x2 patch block of the last DINOv2 state concatenated
+        (original order: (0,0), (1,0), (0,1), (1,1)): [B, 1 + N, D] -> [B, N / 4, 4 D]."""
+        grid = self.config.grid_size
+        feats = last_state[:, 1:]
+        b, _, d = feats.shape
+        feats = feats.reshape(b, grid, grid, d)
+        return torch.cat(
+            [feats[:, 0::2, 0::2], feats[:, 1::2, 0::2], feats[:, 0::2, 1::2], feats[:, 1::2, 1::2]], dim=-1
+        ).reshape(b, (grid // 2) ** 2, 4 * d)
+
     @torch.no_grad()
     def encode_image(self, pixel_values: torch.Tensor, output_intermediates: bool = False) -> VisionOutput:
         """Run DINOv2, the image bridge, the proposer and the region-map fusion for [B, 3, S, S] pixels."""
@@ -145,12 +156,7 @@ class GromaForConditionalGeneration(nn.Module):
                 f"got {tuple(pixel_values.shape)}"
             )
         states = self.perceiver.vis_encoder.hidden_states_all(pixel_values.to(self.device))
-        feats = states[-1][:, 1:]
-        b, _, d = feats.shape
-        feats = feats.reshape(b, grid, grid, d)
-        merged = torch.cat(
-            [feats[:, 0::2, 0::2], feats[:, 1::2, 0::2], feats[:, 0::2, 1::2], feats[:, 1::2, 1::2]], dim=-1
-        ).reshape(b, (grid // 2) ** 2, 4 * d)
+        merged = self.merge_image_features(states[-1])
         image_tokens = self.img_txt_bridge(merged)
         proposals, proposer_input = self.perceiver.propose(states, grid)
         maps = self.region_encoder.fuse(states, grid)

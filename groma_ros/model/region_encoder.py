@@ -130,6 +130,12 @@ class GromaRegionEncoder(nn.Module):
         self, maps: list[torch.Tensor], boxes_cxcywh: torch.Tensor, batch_index: torch.Tensor | None = None
     ) -> torch.Tensor:
         """maps from ``fuse``; boxes [K, 4] normalized cx,cy,w,h -> region tokens [K, region_out_dim]."""
+        return self.roi_align.updims(self.features(maps, boxes_cxcywh, batch_index))
+
+    def features(
+        self, maps: list[torch.Tensor], boxes_cxcywh: torch.Tensor, batch_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Region features before the output projection ``updims``: [K, region_feat_dim] (training caches them)."""
         head = self.roi_align
         if batch_index is None:
             batch_index = torch.zeros(len(boxes_cxcywh), dtype=torch.long, device=boxes_cxcywh.device)
@@ -141,5 +147,4 @@ class GromaRegionEncoder(nn.Module):
             out = head.pconvs[lvl](roi)
             pooled = out if pooled is None else pooled + out
         pooled = F.relu(pooled).flatten(1)
-        tokens = head.flatten_linear(pooled) + head.pos_embedd(boxes_cxcywh.to(dtype))
-        return head.updims(tokens)
+        return head.flatten_linear(pooled) + head.pos_embedd(boxes_cxcywh.to(dtype))

@@ -2,8 +2,8 @@
 
 The model's inference methods run under ``no_grad`` and return only final outputs; training needs every
 decoder layer (auxiliary losses), the encoder proposals of every cell (two-stage loss) and region features
-before ``updims`` (cached for stage 2). These functions reuse the model's own modules step by step; tests
-check they reproduce the inference outputs exactly.
+before ``updims`` (cached for stage 2). These are thin views on the model's own methods (no copies of its
+forward); tests check they reproduce the inference outputs exactly.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
-from groma_ros.model.ops import roi_align
 from groma_ros.model.proposer import ProposerOutput
 from groma_ros.model.region_encoder import GromaRegionEncoder
 
@@ -55,20 +53,9 @@ def propose(model: GromaForConditionalGeneration, states: list[torch.Tensor]) ->
 def region_features(enc: GromaRegionEncoder, maps: list[torch.Tensor], boxes: torch.Tensor,
                     batch_index: torch.Tensor) -> torch.Tensor:
     """``GromaRegionEncoder.forward`` up to (excluding) ``updims``: [K, region_feat_dim]."""
-    head = enc.roi_align
-    rois = enc.rois(boxes, batch_index)
-    pooled = None
-    for lvl, (feat, scale) in enumerate(zip(maps, enc.spatial_scales, strict=True)):
-        out = head.pconvs[lvl](roi_align(feat, rois, head.output_size, scale, sampling_ratio=2).to(feat.dtype))
-        pooled = out if pooled is None else pooled + out
-    return head.flatten_linear(F.relu(pooled).flatten(1)) + head.pos_embedd(boxes.to(maps[0].dtype))
+    return enc.features(maps, boxes, batch_index)
 
 
 def merged_image_features(model: GromaForConditionalGeneration, states: list[torch.Tensor]) -> torch.Tensor:
     """The 2x2-merged last-state features that ``img_txt_bridge`` maps to LLM image tokens: [B, N_img, 4D]."""
-    grid = model.config.grid_size
-    feats = states[-1][:, 1:]
-    b, _, d = feats.shape
-    feats = feats.reshape(b, grid, grid, d)
-    return torch.cat([feats[:, 0::2, 0::2], feats[:, 1::2, 0::2], feats[:, 0::2, 1::2], feats[:, 1::2, 1::2]],
-                     dim=-1).reshape(b, (grid // 2) ** 2, 4 * d)
+    return model.merge_image_features(states[-1])

@@ -127,11 +127,8 @@ def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1C
     step, scene_index = 0, 0
     state = common.load_checkpoint(ckpt_path)
     if state is not None:
-        model.load_state_dict(state["model"])
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["opt"])
+        common.restore(state, {"model": model, "heads": heads}, opt)
         step, scene_index = state["step"], state["scene_index"]
-        common.set_rng_state(state["rng"])
         print(f"stage 1: resumed at step {step}")
     else:
         common.seed_everything(seed)

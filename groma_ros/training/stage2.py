@@ -99,11 +99,8 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
     step, best = 0, -1.0
     state = common.load_checkpoint(ckpt_path)
     if state is not None:
-        model.load_state_dict(state["model"])
-        aux.load_state_dict(state["aux"])
-        opt.load_state_dict(state["opt"])
+        common.restore(state, {"model": model, "aux": aux}, opt)
         step, best = state["step"], state["best"]
-        common.set_rng_state(state["rng"])
         print(f"stage 2: resumed at step {step} (best {best:.3f})")
     else:
         common.seed_everything(seed)

@@ -26,7 +26,7 @@ from groma_ros.engine.engine import GromaEngine
 from groma_ros.engine.types import Answer
 from groma_ros.synthetic.metrics import EvalAccumulator
 from groma_ros.synthetic.scenes import Scene, generate_scene, split_seeds
-from groma_ros.synthetic.texts import TextSample, generate_samples
+from groma_ros.synthetic.texts import TextSample, generate_samples, relation_kind
 from groma_ros.training.data import engine_query
 
 ALL_TASKS = ("refer", "refer_multi", "grounded_caption", "region_qa", "vqa")
@@ -81,7 +81,9 @@ def evaluate_scene(engine: GromaEngine, scene: Scene, acc: EvalAccumulator, task
         answer = engine.ask(perception, query, task=task, boxes=boxes)
         if sample.task == "refer":
             pairs = _item_boxes(answer)
-            acc.add_rec(sample.kind, pairs[0][1] if pairs else None, gt[sample.answer_objects[0][0]], kept)
+            detail = f"relation_{relation_kind(sample.query)}" if sample.kind == "relation" else ""
+            acc.add_rec(sample.kind, pairs[0][1] if pairs else None, gt[sample.answer_objects[0][0]], kept,
+                        detail)
         elif sample.task == "refer_multi":
             acc.add_multi([b for _, b in _item_boxes(answer)], gt[sample.answer_objects[0]])
         elif sample.task == "grounded_caption":

@@ -209,6 +209,7 @@ class EvalAccumulator:
         self.thr = thr
         self.proposal: list[bool] = []
         self.rec: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # kind -> hit,rand,r0
+        self.rec_detail: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # e.g. relation_binary
         self.multi = np.zeros(3, dtype=np.int64)  # tp, n_pred, n_gt
         self.caption = np.zeros(3, dtype=np.int64)
         self.qa: dict[str, dict[str, list[bool]]] = {"region_qa": defaultdict(list), "vqa": defaultdict(list)}
@@ -217,10 +218,14 @@ class EvalAccumulator:
         self.proposal.extend(proposal_hits(kept, gt, self.thr).tolist())
 
     def add_rec(self, kind: str, pred: BoxLike | None, gt: BoxLike,
-                kept: BoxLike | Sequence[BoxLike]) -> None:
-        """One referring expression; ``kind`` is TextSample.kind (attribute/relation)."""
-        self.rec[kind].append((float(_hit(pred, gt, self.thr)), random_region_hit(kept, gt, self.thr),
-                               first_region_hit(kept, gt, self.thr)))
+                kept: BoxLike | Sequence[BoxLike], detail: str = "") -> None:
+        """One referring expression; ``kind`` is TextSample.kind (attribute/relation); ``detail`` a sub-kind
+        reported on its own row (``relation_binary``...), not counted twice in the totals."""
+        row = (float(_hit(pred, gt, self.thr)), random_region_hit(kept, gt, self.thr),
+               first_region_hit(kept, gt, self.thr))
+        self.rec[kind].append(row)
+        if detail:
+            self.rec_detail[detail].append(row)
 
     def add_multi(self, pred: BoxLike | Sequence[BoxLike], gt: BoxLike | Sequence[BoxLike]) -> None:
         p, g = _as_boxes(pred), _as_boxes(gt)
@@ -236,7 +241,8 @@ class EvalAccumulator:
     def summary(self) -> dict[str, float]:
         s: dict[str, float] = {"proposal_recall": _mean(self.proposal)}
         for name, rows in [("rec", [r for v in self.rec.values() for r in v])] + [
-                (f"rec_{k}", v) for k, v in sorted(self.rec.items())]:
+                (f"rec_{k}", v) for k, v in sorted(self.rec.items())] + [
+                (f"rec_{k}", v) for k, v in sorted(self.rec_detail.items())]:
             arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
             means = [_mean(arr[:, j]) for j in range(3)]
             s[name], s[f"{name}_random_region"], s[f"{name}_first_region"] = means
@@ -282,6 +288,8 @@ def _label(key: str) -> str:
              "region_qa": "region-QA exact match", "vqa": "VQA accuracy"}
     if key in fixed:
         return fixed[key]
+    if key.startswith("rec_relation_"):
+        return f"  relation: {key[13:]}"
     if key.startswith("rec_"):
         return f"REC Acc@0.5 ({key[4:]})"
     task, _, kind = key.partition("_qa_") if key.startswith("region_qa_") else key.partition("_")

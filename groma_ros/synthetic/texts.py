@@ -150,6 +150,13 @@ def describe(o: SceneObject) -> str:
 
 # ---------------------------------------------------------------------------------- relations
 
+def relation_kind(query: str) -> str:
+    """Which reasoning a relational expression needs: ``extreme`` ("the leftmost red shape"), ``superlative``
+    ("the largest circle") or ``binary`` ("the square left of the green star")."""
+    first = query.split(" ")[1] if query.startswith("the ") else ""
+    return "extreme" if first in EXTREMES else "superlative" if first in SUPERLATIVES else "binary"
+
+
 def _rel_score(t: SceneObject, a: SceneObject, rel: str) -> float:
     """> 0 when ``t rel a`` holds (dominant-direction semantics); the value is the slack in pixels."""
     dx = a.center[0] - t.center[0]  # > 0: t is left of a

@@ -164,3 +164,11 @@ def test_corpus_uses_only_the_documented_vocabulary():
     doc_words = set(re.findall(r"[a-z0-9]+", doc.lower()))
     assert VOCABULARY - {str(d) for d in range(10)} <= doc_words
     assert plain_text("a <p>red star</p>{roi0} x", keep_markup=True) == "a <p>red star</p> x"
+
+
+def test_relation_kind_names_the_reasoning():
+    from groma_ros.synthetic.texts import relation_kind
+
+    assert relation_kind("the leftmost red shape") == "extreme"
+    assert relation_kind("the smallest circle") == "superlative"
+    assert relation_kind("the square left of the green star") == "binary"

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--model", metavar="DIR", help="model directory (default: the embedded model)")
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     common.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    common.add_argument("--decode", default="dynamic", choices=("dynamic", "static", "compiled"),
+    common.add_argument("--decode", default="auto", choices=("auto", "dynamic", "static", "compiled"),
                         help="LLM decoding (static/compiled pay off on a GPU; see groma_ros.engine.decoding)")
     common.add_argument("--threads", type=int, default=None, help="CPU threads (default: min(4, cores))")
     common.add_argument("--json", action="store_true", help="print one JSON object instead of text")

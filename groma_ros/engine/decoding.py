@@ -15,7 +15,8 @@ Three interchangeable decoders (``GromaEngine(decode=...)``):
   compilation (tens of seconds); ``GromaEngine.warm_up`` (the node calls it at activation) absorbs it.
 
 All three give the same tokens (tests compare logits); queries are serialized by the engine, so one static
-buffer per engine suffices.
+buffer per engine suffices. ``auto`` (the default) is ``static`` on an accelerator and ``dynamic`` on the CPU;
+``compiled`` is never chosen for you because of its compilation time.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from transformers import DynamicCache, StaticCache
 
 from .perception import fork_cache
 
-DecodeMode = Literal["dynamic", "static", "compiled"]
+DecodeMode = Literal["auto", "dynamic", "static", "compiled"]
 PREFILL_BUCKET = 32  # query prefills up to this many tokens run as one compiled graph (REC/caption prompts: ~10-20)
-DECODE_MODES: tuple[str, ...] = ("dynamic", "static", "compiled")
+DECODE_MODES: tuple[str, ...] = ("auto", "dynamic", "static", "compiled")
 
 
 class DynamicDecoder:
@@ -131,6 +132,8 @@ class StaticDecoder:
 
 
 def make_decoder(model, mode: str) -> DynamicDecoder | StaticDecoder:
+    if mode == "auto":
+        mode = "dynamic" if model.device.type == "cpu" else "static"
     if mode == "dynamic":
         return DynamicDecoder(model)
     if mode in ("static", "compiled"):

@@ -181,7 +181,7 @@ class GromaEngine:
 
     def __init__(self, model, tokenizer, *, model_id: str = "groma", cache_frames: int = 4,
                  cache_bytes: int | None = DEFAULT_CACHE_BYTES, interpolation: Interpolation = "bilinear",
-                 decode: DecodeMode = "dynamic") -> None:
+                 decode: DecodeMode = "auto") -> None:
         cfg = model.config
         if tokenizer.vocab_size != cfg.llm_cfg.vocab_size or len(tokenizer) != cfg.vocab_size:
             raise ModelLoadError(
@@ -206,7 +206,7 @@ class GromaEngine:
     def from_pretrained(cls, path: str | None = None, *, device: str = "cpu", dtype: str = "float32",
                         num_threads: int | None = None, cache_frames: int = 4, progress: bool = True,
                         cache_bytes: int | None = DEFAULT_CACHE_BYTES,
-                        interpolation: Interpolation = "bilinear", decode: DecodeMode = "dynamic") -> GromaEngine:
+                        interpolation: Interpolation = "bilinear", decode: DecodeMode = "auto") -> GromaEngine:
         """Load a model directory (released format or ours; ``None`` = the embedded default model).
 
         ``num_threads`` sets torch's intra-op CPU threads (default min(4, cores) on CPU: more rarely helps

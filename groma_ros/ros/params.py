@@ -30,8 +30,9 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("model.path", "", "Directory of a Groma checkpoint in the released format; empty = embedded default."),
     ParamSpec("model.device", "cpu", "torch device: cpu, cuda, cuda:N."),
     ParamSpec("model.dtype", "float32", "Weights precision.", choices=("float32", "bfloat16", "float16")),
-    ParamSpec("model.decode", "dynamic", "LLM decoding: dynamic (CPU), static or compiled (GPU: one CUDA graph per "
-              "token; compiled at activation).", choices=("dynamic", "static", "compiled")),
+    ParamSpec("model.decode", "auto", "LLM decoding: auto (static on a GPU, dynamic on the CPU), dynamic, static, "
+              "compiled (GPU: one CUDA graph per token; compiled at activation).",
+              choices=("auto", "dynamic", "static", "compiled")),
     ParamSpec("model.num_threads", 0, "CPU threads for torch; 0 = automatic.", min=0, max=256),
     ParamSpec("model.cache_frames", 4, "Frames whose perception (regions + prompt KV cache) is kept.", min=1, max=64),
     ParamSpec("image_transport", "raw", "Subscribe to `image` (raw) or `image/compressed`.",

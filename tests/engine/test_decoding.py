@@ -57,9 +57,10 @@ def test_decoder_matches_dynamic(engine, image, mode):
 
 
 def test_unknown_mode_is_refused(engine):
-    with pytest.raises(ValueError, match="decode must be one of dynamic, static, compiled"):
+    with pytest.raises(ValueError, match="decode must be one of auto, dynamic, static, compiled"):
         make_decoder(engine.model, "paged")
-    assert DECODE_MODES == ("dynamic", "static", "compiled")
+    assert DECODE_MODES == ("auto", "dynamic", "static", "compiled")
+    assert type(make_decoder(engine.model, "auto")).__name__ == "DynamicDecoder"  # CPU model
 
 
 def test_static_buffer_refuses_what_does_not_fit(engine):

@@ -71,7 +71,7 @@ class StaticDecoder:
         self._prefill_fn = None
         if compiled:
             self._step_fn = torch.compile(self._step_impl, mode="reduce-overhead", dynamic=False)
-            self._prefill_fn = torch.compile(self._prefill_impl, mode="reduce-overhead", dynamic=False)
+            self._prefill_fn = torch.compile(self._forward, mode="reduce-overhead", dynamic=False)
 
     def _buffers(self, prefix: DynamicCache) -> StaticCache:
         if self.cache is None:
@@ -91,15 +91,13 @@ class StaticDecoder:
             layer.cumulative_length.fill_(prefix_len)  # positions beyond are masked (causal on cache_position)
         self.pos = prefix_len
 
-    def _forward(self, embeds: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+    def _forward(self, embeds: torch.Tensor, cache_position: torch.Tensor,
+                 last: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [V] at position ``last`` (a 1-element index tensor; default the final one) of ``embeds``."""
         out = self.model.llm.model(inputs_embeds=embeds, past_key_values=self.cache, cache_position=cache_position,
                                    position_ids=cache_position[None], use_cache=True)
-        return self.model.lm_logits(out.last_hidden_state[:, -1])[0]
-
-    def _prefill_impl(self, embeds: torch.Tensor, cache_position: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        out = self.model.llm.model(inputs_embeds=embeds, past_key_values=self.cache, cache_position=cache_position,
-                                   position_ids=cache_position[None], use_cache=True)
-        return self.model.lm_logits(out.last_hidden_state[0].index_select(0, last))[0]
+        hidden = out.last_hidden_state[0]
+        return self.model.lm_logits(hidden[-1:] if last is None else hidden.index_select(0, last))[0]
 
     def prefill(self, embeds: torch.Tensor) -> torch.Tensor:
         n, device = embeds.shape[1], embeds.device

@@ -291,16 +291,19 @@ def _caption_phrase(objects: list[SceneObject], i: int) -> str:
 
 
 def _connector(a: SceneObject, b: SceneObject) -> str:
-    """How ``a`` (left) relates to the next object ``b``: above/below when mostly vertical, else left of."""
+    """How ``a`` relates to the next object ``b``: above/below when mostly vertical, else left/right of (left to
+    right, ``a`` is never right of ``b``)."""
     for rel in ("above", "below"):
         if _rel_score(a, b, rel) > 0:
             return rel
-    return "left of"
+    return "right of" if a.center[0] > b.center[0] else "left of"
 
 
-def _caption_sample(scene: Scene) -> TextSample:
+def caption_sample(scene: Scene, order: list[int] | None = None) -> TextSample:
+    """The grounded caption: every object once, left to right unless ``order`` (object indices) is given
+    (its phrase-box pairs, which the caption F1 scores, do not depend on the order)."""
     objs = scene.objects
-    order = _left_to_right(objs, list(range(len(objs))))
+    order = _left_to_right(objs, list(range(len(objs)))) if order is None else list(order)
     parts = []
     for k, i in enumerate(order):
         phrase = _caption_phrase(objs, i)
@@ -354,7 +357,7 @@ def generate_samples(scene: Scene, config: TextConfig | None = None,
     if not scene.objects:
         return []
     return (_refer_samples(rng, scene, cfg, cfg.margin * size) + _multi_samples(scene)
-            + [_caption_sample(scene)] + _region_samples(scene) + _vqa_samples(rng, scene, cfg))
+            + [caption_sample(scene)] + _region_samples(scene) + _vqa_samples(rng, scene, cfg))
 
 
 def corpus_texts(n_scenes: int, split: str = "train", scene_config: SceneConfig | None = None,

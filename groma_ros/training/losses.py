@@ -25,10 +25,33 @@ class Stage2Aux(nn.Module):
         self.word_ids = word_ids or {}
 
 
+# Extreme words and the box coordinate (index into cx, cy, w, h) and direction they order regions by.
+POSITION_WORDS: tuple[tuple[str, int, float], ...] = (("leftmost", 0, -1.0), ("rightmost", 0, 1.0),
+                                                      ("topmost", 1, -1.0), ("bottommost", 1, 1.0))
+POSITION_AMPLITUDE = 0.3  # target cosine at the image border (0 at the centre), small beside attribute alignment
+
+
 def attribute_word_ids(tokenizer) -> dict[str, list[list[int]]]:
-    """Token ids of " red", " square", " small"... (as they appear inside a sentence) per attribute."""
+    """Token ids of " red", " square", " small"... (as they appear inside a sentence) per attribute, and of the
+    extreme words under ``"position"`` (``POSITION_WORDS`` order)."""
+    words = {**data.attribute_names(), "position": tuple(w for w, _, _ in POSITION_WORDS)}
     return {name: [tokenizer.encode(" " + v, add_bos=False, continuation=True) for v in values]
-            for name, values in data.attribute_names().items()}
+            for name, values in words.items()}
+
+
+def position_align_loss(emb: torch.Tensor, reg: torch.Tensor, boxes: torch.Tensor, aux: Stage2Aux) -> torch.Tensor:
+    """Cosine of a region token with "leftmost" (etc.) should fall linearly with its box centre's x (etc.).
+
+    Why: "the leftmost red shape" is one attention step if the query built from the phrase's words scores
+    regions by colour *and* position; attribute words are aligned with region tokens (``align_loss``), this
+    gives the position words the same footing. Relations failed in-class (right colour/shape, wrong position)."""
+    r = F.normalize(reg, dim=-1)
+    loss = reg.sum() * 0
+    for ids, (_, axis, sign) in zip(aux.word_ids["position"], POSITION_WORDS, strict=True):
+        word = F.normalize(emb[torch.tensor(ids, device=emb.device)].mean(0), dim=-1)
+        target = sign * POSITION_AMPLITUDE * (2 * boxes[:, axis] - 1)
+        loss = loss + F.mse_loss(r @ word, target) / POSITION_AMPLITUDE ** 2
+    return loss / len(POSITION_WORDS)
 
 
 def align_loss(model: GromaForConditionalGeneration, seqs: list[Sequence], regions: list[torch.Tensor],
@@ -84,8 +107,16 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
             end = min((c for c in closes if start is not None and c > start), default=None)
             if start is None or end is None or end - start < 2 or end > p:
                 continue
+            # Binary relations: the target's words and the relation only ("the square below"); a bag of the whole
+            # phrase cannot tell "the square below the star" from "the star below the square". The anchor's
+            # words go to head 3 of ``anchor_gather_layers`` (the anchor head's query).
+            split = s.anchor_split if s.anchor_split is not None and start < s.anchor_split < end else None
+            target_end = split if split is not None and s2.anchor_gather_layers else end
             for layer in s2.gather_layers:
-                terms.append(-(attentions[layer][b, 1, p, start + 1:end] + 1e-6).log().mean()[None])
+                terms.append(-(attentions[layer][b, 1, p, start + 1:target_end] + 1e-6).log().mean()[None])
+            if target_end != end:
+                for layer in s2.anchor_gather_layers:
+                    terms.append(-(attentions[layer][b, 3, p, split:end] + 1e-6).log().mean()[None])
         for p, k in s.anchors:
             for layer in s2.anchor_layers:
                 terms.append(-(attentions[layer][b, 2, p, region_pos[k]] + 1e-6).log()[None])
@@ -146,7 +177,12 @@ def batch_forward(model: GromaForConditionalGeneration, seqs: list[Sequence], au
     zero = ce.sum() * 0
     attn, attn_acc = attention_losses(out.attentions, seqs, t, s2) if s2.attn_weight > 0 else (zero, zero)
     align = align_loss(model, seqs, region_tokens_all, aux) if s2.align_weight > 0 else ce.sum() * 0
-    total = lm + s2.list_weight * lst + s2.contrast_weight * con + s2.attn_weight * attn + s2.align_weight * align
+    position = ce.sum() * 0
+    if s2.position_weight > 0:
+        position = position_align_loss(model.llm.get_input_embeddings().weight, torch.cat(region_tokens_all),
+                                       torch.cat([s.region_boxes for s in seqs]), aux)
+    total = (lm + s2.list_weight * lst + s2.contrast_weight * con + s2.attn_weight * attn + s2.align_weight * align
+             + s2.position_weight * position)
     return {"loss": total, "lm": lm, "list": lst, "contrast": con, "attn": attn, "attn_acc": attn_acc,
-            "align": align,
+            "align": align, "position": position,
             "pointer_acc": ptr_acc if ptr_acc is not None else torch.tensor(float("nan"), device=dev)}

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from groma_ros.model.configuration_groma import GromaConfig
 
 IMAGE_SIZE = 112
+CAPTION_ORDERS = ("left_to_right", "regions")
 SCENE_SIZE = 128  # scenes are drawn at the generator's default size and resized by the engine's preprocess
 
 
@@ -80,13 +81,25 @@ class Stage2Config:
     # head 2 of these: answer position -> the anchor of "X left of Y". Off in the shipped run (implemented and
     # unit-checked after it had started; relations improved without it), e.g. (1,) to try.
     anchor_layers: tuple[int, ...] = ()
+    # head 3 of these: answer position -> the anchor phrase's words of a binary relation; when set, head 1 of
+    # ``gather_layers`` gathers only the target's words and the relation there. Off in the shipped base run.
+    anchor_gather_layers: tuple[int, ...] = ()
+    # Object order of the grounded captions trained on: "left_to_right" (the generator's) or "regions" (by
+    # kept-region index: the next object is the next index, no position comparison; the caption F1 is order-free)
+    caption_order: str = "left_to_right"
     align_weight: float = 0.5  # region token vs the word embeddings of its colour/shape/size + box regression
+    position_weight: float = 0.0  # region token vs "leftmost"/... embeddings, linear in its position (losses.py)
     curriculum_steps: int = 1500  # first steps: scenes with <= curriculum_objects objects
     curriculum_objects: int = 3
     num_scenes: int = 4000  # cached train scenes
     eval_scenes: int = 24  # val scenes of the periodic evaluation (48 at the end)
     task_weights: dict[str, float] = field(default_factory=lambda: {
         "refer": 0.45, "refer_multi": 0.1, "grounded_caption": 0.12, "region_qa": 0.18, "vqa": 0.15})
+    # keys: the text tasks, plus "refer_relation" (refer samples of kind "relation" only)
+
+    def __post_init__(self) -> None:
+        if self.caption_order not in CAPTION_ORDERS:
+            raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {self.caption_order!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -18,12 +18,13 @@ import torch
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
 from groma_ros.model.ops import box_iou, cxcywh_to_xyxy, first_argmax, nms
 from groma_ros.synthetic.scenes import Scene
-from groma_ros.synthetic.texts import RELATIONS, TextSample, referenced_objects, resolve
+from groma_ros.synthetic.texts import RELATIONS, TextSample, caption_sample, referenced_objects, resolve
 
 from . import data
 from .cache import SceneCache
 from .recipe import Stage2Config
 
+RELATION_TASK = "refer_relation"  # task-weight key: refer samples of kind "relation"
 _BINARY_RELATION = re.compile(rf"^the .+? (?:{'|'.join(RELATIONS)}) (the .+)$")
 
 
@@ -38,6 +39,9 @@ class Sequence:
     region_attrs: torch.Tensor  # [K, 3] colour/shape/size index of the object a region shows, -1 if none
     region_boxes: torch.Tensor  # [K, 4] kept boxes (cx, cy, w, h)
     anchors: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (pointer position, anchor region)
+    # Binary relations: position of the anchor phrase's first token inside the query's <p>..</p> ("the purple
+    # star" of "the square below the purple star"); the target words and relation come before it.
+    anchor_split: int | None = None
 
     def to(self, device: torch.device | str) -> Sequence:
         """The tensors the forward reads on ``device`` (built on the CPU: region selection there is cheaper)."""
@@ -59,6 +63,21 @@ def anchor_object(sample: TextSample, scene: Scene | None) -> int | None:
     except ValueError:
         return None
     return found[0] if len(found) == 1 else None
+
+
+def anchor_phrase_start(ids: list[int], tokenizer, anchor_words: int, t) -> int | None:
+    """Position of the first token of the last ``anchor_words`` words inside the first ``<p>..</p>`` of ``ids``.
+
+    SentencePiece pieces never span a space, so words start at the token after ``<p>`` and at every "▁" piece.
+    """
+    try:
+        start = ids.index(t.by_name("<p>"))
+        end = ids.index(t.by_name("</p>"), start)
+    except ValueError:
+        return None
+    pieces = tokenizer.convert_ids_to_tokens(ids[start + 1:end])
+    word_starts = [start + 1 + i for i, piece in enumerate(pieces) if i == 0 or piece.startswith("▁")]
+    return word_starts[-anchor_words] if 0 < anchor_words < len(word_starts) else None
 
 
 def select(scene: SceneCache, cfg, user_row: int | None,
@@ -83,7 +102,10 @@ def make_sequence(scene: SceneCache, samples, task: str, encoder: data.PromptEnc
                   attrs: torch.Tensor | None = None, scene_obj: Scene | None = None) -> Sequence | None:
     """One training sequence of ``task`` from ``scene`` (None if the scene has no such sample)."""
     if sample is None:
-        pool = [s for s in samples if s.task == task]
+        if task == RELATION_TASK:  # relational referring expressions only (a task weight of their own)
+            pool = [s for s in samples if s.task == "refer" and s.kind == "relation"]
+        else:
+            pool = [s for s in samples if s.task == task]
         if not pool:
             return None
         sample = rng.choice(pool)
@@ -96,6 +118,8 @@ def make_sequence(scene: SceneCache, samples, task: str, encoder: data.PromptEnc
     obj_to_region = {j: int(best.indices[j]) for j in range(len(gt)) if float(best.values[j]) >= 0.5}
     if not referenced_objects(sample) <= set(obj_to_region):
         return None
+    if sample.task == "grounded_caption" and s2.caption_order == "regions" and scene_obj is not None:
+        sample = caption_sample(scene_obj, sorted(range(len(gt)), key=lambda j: (obj_to_region[j], j)))
     refer_regions: list[int] = []
     if user_row is not None:
         refer_regions = [int(first_argmax(box_iou(cxcywh_to_xyxy(scene.boxes[user_row:user_row + 1]),
@@ -119,12 +143,14 @@ def make_sequence(scene: SceneCache, samples, task: str, encoder: data.PromptEnc
     if attrs is not None:
         for j, k in obj_to_region.items():
             region_attrs[k] = attrs[j]
-    anchors = []
+    anchors, split = [], None
     a = anchor_object(sample, scene_obj)
     if a is not None and a in obj_to_region:
         anchors = [(p, obj_to_region[a]) for p, _ in pointer]
+        anchor_np = _BINARY_RELATION.match(sample.query).group(1)
+        split = anchor_phrase_start(ids, encoder.tok, len(anchor_np.split()), t)
     return Sequence(ids_t, weights, rows, torch.tensor([int(rows[k]) for k in refer_regions], dtype=torch.long),
-                    pointer, scene, region_attrs, kept.float(), anchors)
+                    pointer, scene, region_attrs, kept.float(), anchors, split)
 
 
 def sequence_embeds(model: GromaForConditionalGeneration, s: Sequence) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,14 +35,20 @@ def test_stage2_warm_start_with_overrides(tmp_path, monkeypatch):
     for name in ("tokenizer", "config.json", "stage1"):  # the second run shares the first one's stage 0/1
         src = first / name
         shutil.copytree(src, second / name) if src.is_dir() else shutil.copy(src, second / name)
-    overrides = {"batch_size": 4, "curriculum_steps": 0, "anchor_layers": [1], "lr": 5e-4}
+    overrides = {"batch_size": 4, "curriculum_steps": 0, "anchor_layers": [1], "lr": 5e-4,
+                 "anchor_gather_layers": [0], "caption_order": "regions", "position_weight": 0.1,
+                 "task_weights": {"refer": 0.3, "refer_relation": 0.3, "grounded_caption": 0.4}}
     main(["--run-dir", str(second), "--stages", "2", "--stage2-steps", "3", "--stage2-init",
           str(first / "stage2" / "best.pt"), "--stage2-set", json.dumps(overrides), *common])
     records = [json.loads(line) for line in (second / "log.jsonl").read_text().splitlines()]
     start = next(r for r in records if "config" in r)
     assert start["init"].endswith("best.pt") and start["config"]["anchor_layers"] == [1]
     assert start["config"]["batch_size"] == 4 and start["config"]["curriculum_steps"] == 0
+    assert start["config"]["caption_order"] == "regions" and start["config"]["anchor_gather_layers"] == [0]
     assert torch.load(second / "stage2" / "ckpt.pt", weights_only=False)["step"] == 3
     assert not list(tmp_path.glob("*.safetensors"))
     with pytest.raises(SystemExit, match="unknown Stage2Config fields"):
         main(["--run-dir", str(second), "--stages", "2", "--stage2-set", '{"batch": 4}', *common])
+    with pytest.raises(SystemExit, match="unknown task_weights keys"):
+        main(["--run-dir", str(second), "--stages", "2", "--stage2-set", '{"task_weights": {"refer_rel": 1}}',
+              *common])

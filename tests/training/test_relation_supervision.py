@@ -1,0 +1,189 @@
+"""Relation-focused stage-2 options: phrase split of binary relations, anchor-phrase gathering, relational task
+weight, captions in region order."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+import torch
+
+from groma_ros.synthetic.metrics import parse_grounded
+from groma_ros.synthetic.scenes import generate_scene, split_seeds
+from groma_ros.synthetic.texts import RELATIONS, caption_sample, generate_samples, resolve
+from groma_ros.training import cache as cache_mod
+from groma_ros.training import data, losses, sequences
+from groma_ros.training.recipe import Stage2Config
+
+
+@pytest.fixture(scope="module")
+def scene_caches(model):
+    """Cached scenes whose (untrained, random) proposals score 0: the ground-truth candidates are the regions."""
+    caches = cache_mod.build_cache(model, 12, start=40)
+    for c in caches:
+        c.scores[:len(c.boxes) - c.num_objects] = 0.0
+    return caches
+
+
+def _phrase_bounds(ids: list[int], t) -> tuple[int, int]:
+    start = ids.index(t.by_name("<p>"))
+    return start, ids.index(t.by_name("</p>"), start)
+
+
+def test_binary_relation_phrase_splits_before_the_anchor(model, tokenizer, scene_caches):
+    enc, t, found = data.PromptEncoder(tokenizer), model.config.token_ids, 0
+    for sc in scene_caches:
+        scene = data.train_scene(sc.index)
+        for sample in generate_samples(scene):
+            if sequences.anchor_object(sample, scene) is None:
+                continue
+            seq = sequences.make_sequence(sc, None, "refer", enc, model.config, Stage2Config(), random.Random(0),
+                                          sample=sample, scene_obj=scene)
+            if seq is None:
+                continue
+            ids = seq.ids.tolist()
+            start, end = _phrase_bounds(ids, t)
+            target = tokenizer.decode(ids[start + 1:seq.anchor_split]).strip()
+            anchor = tokenizer.decode(ids[seq.anchor_split:end]).strip()
+            assert f"{target} {anchor}" == sample.query
+            assert target.split(" ", 1)[1].endswith(tuple(RELATIONS)) and anchor.startswith("the ")
+            assert resolve(anchor, scene) == [sequences.anchor_object(sample, scene)]
+            found += 1
+    assert found >= 3
+
+
+def test_attribute_phrases_have_no_split(model, tokenizer, scene_caches):
+    enc = data.PromptEncoder(tokenizer)
+    sc = scene_caches[0]
+    seq = sequences.make_sequence(sc, generate_samples(data.train_scene(sc.index)), "refer_multi", enc,
+                                  model.config, Stage2Config(), random.Random(0))
+    assert seq is None or seq.anchor_split is None
+
+
+def _attention_for(seq: sequences.Sequence, t, heads: dict[int, tuple[int, int]], layers: int = 4) -> list:
+    """Attention maps [1, 6, T, T] where, at each pointer position, head h attends uniformly to span heads[h]."""
+    n = len(seq.ids)
+    maps = [torch.full((1, 6, n, n), 1.0 / n) for _ in range(layers)]
+    for p, _ in seq.pointer:
+        for h, (a, b) in heads.items():
+            for m in maps:
+                m[0, h, p] = 0.0
+                m[0, h, p, a:b] = 1.0 / (b - a)
+    return maps
+
+
+def test_anchor_gather_supervises_target_words_and_anchor_words_apart(model, tokenizer, scene_caches):
+    enc, t = data.PromptEncoder(tokenizer), model.config.token_ids
+    seq = None
+    for sc in scene_caches:
+        scene = data.train_scene(sc.index)
+        for sample in generate_samples(scene):
+            if sequences.anchor_object(sample, scene) is not None:
+                seq = sequences.make_sequence(sc, None, "refer", enc, model.config, Stage2Config(), random.Random(0),
+                                              sample=sample, scene_obj=scene)
+                if seq is not None:
+                    break
+        if seq is not None:
+            break
+    assert seq is not None and seq.anchor_split is not None
+    start, end = _phrase_bounds(seq.ids.tolist(), t)
+    split = seq.anchor_split
+    s2 = Stage2Config(anchor_gather_layers=(0,), pointer_layers=(), anchor_layers=())
+    right = _attention_for(seq, t, {1: (start + 1, split), 3: (split, end)})
+    swapped = _attention_for(seq, t, {1: (split, end), 3: (start + 1, split)})
+    whole = _attention_for(seq, t, {1: (start + 1, end), 3: (start + 1, end)})
+    loss = {name: float(losses.attention_losses(a, [seq], t, s2)[0]) for name, a in
+            (("right", right), ("swapped", swapped), ("whole", whole))}
+    assert loss["right"] < loss["whole"] < loss["swapped"]
+    # without the option, head 1 gathers the whole phrase (the earlier recipe) and head 3 is free
+    off = Stage2Config(pointer_layers=(), anchor_layers=())
+    assert float(losses.attention_losses(whole, [seq], t, off)[0]) < float(losses.attention_losses(right, [seq], t,
+                                                                                                   off)[0])
+
+
+def test_relation_task_weight_draws_relational_expressions_only(model, tokenizer, scene_caches):
+    enc, t, drawn = data.PromptEncoder(tokenizer), model.config.token_ids, 0
+    for sc in scene_caches:
+        samples = generate_samples(data.train_scene(sc.index))
+        for seed in range(3):
+            seq = sequences.make_sequence(sc, samples, sequences.RELATION_TASK, enc, model.config, Stage2Config(),
+                                          random.Random(seed))
+            if seq is None:
+                continue
+            ids = seq.ids.tolist()
+            start, end = _phrase_bounds(ids, t)
+            phrase = tokenizer.decode(ids[start + 1:end]).strip()
+            assert any(s.query == phrase and s.kind == "relation" for s in samples)
+            drawn += 1
+    assert drawn >= 5
+
+
+def _holds(a, b, rel: str) -> bool:
+    dx, dy = b.center[0] - a.center[0], b.center[1] - a.center[1]
+    return {"left of": dx >= 0, "right of": dx < 0, "above": dy > abs(dx), "below": -dy > abs(dx)}[rel]
+
+
+def _phrase_objects(sample) -> list[tuple[str, int]]:
+    phrases = re.findall(r"<p>(.*?)</p>", sample.answer)
+    return sorted(zip(phrases, (o[0] for o in sample.answer_objects), strict=True))
+
+
+def test_caption_in_any_order_keeps_its_phrases_and_true_connectors():
+    for seed in split_seeds("val", 30):
+        scene = generate_scene(seed)
+        default = caption_sample(scene)
+        order = list(range(len(scene.objects)))[::-1]
+        other = caption_sample(scene, order)
+        assert [o[0] for o in other.answer_objects] == order
+        assert _phrase_objects(default) == _phrase_objects(other)
+        connectors = re.findall(r"\} (above|below|left of|right of) ", other.answer)
+        for k, rel in enumerate(connectors):
+            assert _holds(scene.objects[order[k]], scene.objects[order[k + 1]], rel), (other.answer, rel)
+        assert "right of" not in default.answer  # left to right never needs it
+
+
+def test_region_order_captions_list_regions_ascending(model, tokenizer, scene_caches):
+    enc, checked = data.PromptEncoder(tokenizer), 0
+    for sc in scene_caches:
+        scene = data.train_scene(sc.index)
+        samples = generate_samples(scene)
+        seq = sequences.make_sequence(sc, samples, "grounded_caption", enc, model.config,
+                                      Stage2Config(caption_order="regions"), random.Random(1), scene_obj=scene)
+        if seq is None or scene.objects and len(scene.objects) < 2:
+            continue
+        answer = tokenizer.decode(seq.ids[int(torch.nonzero(seq.weights).min()):].tolist())
+        regions = [k for _, idx in parse_grounded(answer) for k in idx]
+        assert regions == sorted(regions) and len(regions) == len(scene.objects)
+        checked += 1
+    assert checked >= 3
+
+
+def test_unknown_caption_order_is_refused():
+    with pytest.raises(ValueError, match="caption_order"):
+        Stage2Config(caption_order="random")
+
+
+def test_position_alignment_orders_regions_by_their_extreme_words(tokenizer):
+    """Minimising the loss over region tokens makes cos(token, "leftmost") fall with x, "bottommost" rise with y."""
+    torch.manual_seed(0)
+    aux = losses.Stage2Aux(64, losses.attribute_word_ids(tokenizer))
+    emb = torch.randn(tokenizer.vocab_size + 200, 64, requires_grad=True)  # word embeddings train too
+    boxes = torch.rand(24, 4)
+    reg = torch.randn(24, 64, requires_grad=True)
+    opt = torch.optim.Adam([reg, emb], lr=0.05)
+    first = float(losses.position_align_loss(emb, reg, boxes, aux))
+    for _ in range(300):
+        opt.zero_grad()
+        losses.position_align_loss(emb, reg, boxes, aux).backward()
+        opt.step()
+    assert float(losses.position_align_loss(emb, reg, boxes, aux)) < 0.05 * first
+    r, emb = torch.nn.functional.normalize(reg.detach(), dim=-1), emb.detach()
+    # the first region by score must be the most extreme one: smallest x for leftmost, largest y for bottommost...
+    expected = {"leftmost": (0, 1.0), "rightmost": (0, -1.0), "topmost": (1, 1.0), "bottommost": (1, -1.0)}
+    for ids, (word, _, _) in zip(aux.word_ids["position"], losses.POSITION_WORDS, strict=True):
+        axis, ascending = expected[word]
+        score = r @ torch.nn.functional.normalize(emb[torch.tensor(ids)].mean(0), dim=-1)
+        order = torch.argsort(score, descending=True)
+        coord = boxes[order, axis] * ascending
+        assert torch.all(coord[:-1] <= coord[1:] + 0.02), word

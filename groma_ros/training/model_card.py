@@ -224,7 +224,7 @@ Region order shuffled (seeded) before the LLM sees it:
   images, other objects, or words outside `groma_ros/synthetic/VOCABULARY.md`.
 - Trained for about two CPU hours plus the continuations above. {_target_summary(measured)} Counting/existence
   VQA is weak ({_pct(measured, "vqa")}).
-- Speed: the 200-scene test evaluation (~8,000 queries) took ~60 s on one CPU thread, i.e. well under 10 ms per
+- Speed: the 200-scene test evaluation (~8,000 queries) took ~60 s on this 2-core CPU VM, i.e. well under 10 ms per
   query once a frame's prefix is cached.
 - Fixed prompt formats: REFER via `Locate <p>..</p> in the image.`, captions via `[grounding]`, region QA via
   `<roi><refer_box></roi><refer_feat>`; free-form chat is not trained.

@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,6 +34,32 @@ from .cache import SceneCache, build_cache, cache_to, load_or_build_cache  # noq
 from .losses import Stage2Aux, attribute_word_ids, batch_forward
 from .recipe import Stage2Config
 from .sequences import Sequence, make_sequence
+
+MAX_ATTEMPTS_PER_SEQUENCE = 200  # sampling tries per wanted sequence before a batch counts as impossible
+
+
+def sample_batch(pool: list[SceneCache], s2: Stage2Config, rng: random.Random,
+                 build: Callable[[SceneCache, str], Sequence | None]) -> list[Sequence]:
+    """``s2.batch_size`` sequences: ``scenes_per_batch`` random scenes, tasks drawn by ``task_weights``; ``build``
+    returns None when a scene has no usable sample of a task. Raises instead of looping forever when the tasks
+    cannot be sampled at all (e.g. only tasks that need every referenced object kept, and a proposer that keeps
+    none of them)."""
+    tasks, weights = list(s2.task_weights), list(s2.task_weights.values())
+    per_scene = max(1, s2.batch_size // s2.scenes_per_batch)
+    seqs: list[Sequence] = []
+    attempts = 0
+    while len(seqs) < s2.batch_size:
+        scene = rng.choice(pool)
+        for _ in range(per_scene):
+            seq = build(scene, rng.choices(tasks, weights)[0])
+            attempts += 1
+            if seq is not None and len(seqs) < s2.batch_size:
+                seqs.append(seq)
+        if len(seqs) < s2.batch_size and attempts > MAX_ATTEMPTS_PER_SEQUENCE * s2.batch_size:
+            raise RuntimeError(f"stage 2: {len(seqs)} of {s2.batch_size} sequences after {attempts} tries with "
+                               f"tasks {s2.task_weights}: the cached scenes' kept regions miss the objects these "
+                               "tasks refer to (add 'vqa'/'region_qa' or train stage 1 longer)")
+    return seqs
 
 
 def trainable_stage2(model: GromaForConditionalGeneration) -> list[nn.Parameter]:
@@ -111,7 +138,6 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
     rng = random.Random(seed * 1000 + step)
     encoder = data.PromptEncoder(tokenizer)
     simple = [c for c in cache if c.num_objects <= s2.curriculum_objects]
-    tasks, task_w = list(s2.task_weights), list(s2.task_weights.values())
     samples_memo: dict[int, tuple[list, torch.Tensor, Scene]] = {}
 
     def samples_of(scene: SceneCache) -> tuple[list, torch.Tensor, Scene]:
@@ -129,7 +155,10 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
     model.train()
     model.perceiver.eval()
     bar = tqdm(desc="stage 2", unit="step", initial=step, dynamic_ncols=True, mininterval=5)
-    per_scene = max(1, s2.batch_size // s2.scenes_per_batch)
+
+    def build(scene: SceneCache, task: str) -> Sequence | None:
+        samples, attrs, scene_obj = samples_of(scene)
+        return make_sequence(scene, samples, task, encoder, model.config, s2, rng, attrs=attrs, scene_obj=scene_obj)
 
     def save() -> None:
         common.save_checkpoint(ckpt_path, {"model": model.state_dict(), "aux": aux.state_dict(),
@@ -160,15 +189,7 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
         for g in opt.param_groups:
             g["lr"] = lr
         pool = simple if step < s2.curriculum_steps and simple else cache
-        seqs: list[Sequence] = []
-        while len(seqs) < s2.batch_size:
-            scene = rng.choice(pool)
-            samples, attrs, scene_obj = samples_of(scene)
-            for _ in range(per_scene):
-                seq = make_sequence(scene, samples, rng.choices(tasks, task_w)[0], encoder, model.config, s2, rng,
-                                    attrs=attrs, scene_obj=scene_obj)
-                if seq is not None and len(seqs) < s2.batch_size:
-                    seqs.append(seq)
+        seqs = sample_batch(pool, s2, rng, build)
         out = batch_forward(model, seqs, aux, s2)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()

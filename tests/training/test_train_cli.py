@@ -37,7 +37,7 @@ def test_stage2_warm_start_with_overrides(tmp_path, monkeypatch):
         shutil.copytree(src, second / name) if src.is_dir() else shutil.copy(src, second / name)
     overrides = {"batch_size": 4, "curriculum_steps": 0, "anchor_layers": [1], "lr": 5e-4,
                  "anchor_gather_layers": [0], "caption_order": "regions", "position_weight": 0.1,
-                 "task_weights": {"refer": 0.3, "refer_relation": 0.3, "grounded_caption": 0.4}}
+                 "task_weights": {"refer": 0.2, "refer_relation": 0.3, "grounded_caption": 0.3, "vqa": 0.2}}
     main(["--run-dir", str(second), "--stages", "2", "--stage2-steps", "3", "--stage2-init",
           str(first / "stage2" / "best.pt"), "--stage2-set", json.dumps(overrides), *common])
     records = [json.loads(line) for line in (second / "log.jsonl").read_text().splitlines()]
@@ -52,3 +52,20 @@ def test_stage2_warm_start_with_overrides(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="unknown task_weights keys"):
         main(["--run-dir", str(second), "--stages", "2", "--stage2-set", '{"task_weights": {"refer_rel": 1}}',
               *common])
+
+
+
+def test_stage2_batch_sampling_refuses_tasks_it_cannot_sample():
+    """A task that never yields a sequence (its objects are never kept) is an error, not an endless loop."""
+    import random
+
+    from groma_ros.training.recipe import Stage2Config
+    from groma_ros.training.stage2 import sample_batch
+
+    s2 = Stage2Config(batch_size=4, scenes_per_batch=2, task_weights={"refer_relation": 1.0})
+    tried: list[str] = []
+    with pytest.raises(RuntimeError, match="0 of 4 sequences after"):
+        sample_batch(["scene"], s2, random.Random(0), lambda scene, task: tried.append(task))
+    assert set(tried) == {"refer_relation"} and len(tried) > 100
+    made = sample_batch(["a", "b"], s2, random.Random(0), lambda scene, task: (scene, task))
+    assert len(made) == 4 and {t for _, t in made} == {"refer_relation"}

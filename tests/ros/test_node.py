@@ -165,8 +165,12 @@ def test_action_cancel_stops_generation_between_tokens(node):
 def test_full_queue_answers_busy_and_every_goal_gets_one_result(node):
     peer, _, _ = node
     peer.publish_frame()
-    handles = [peer.send_goal(Ground.Goal(query=f"story {i}", task=GroundedAnswer.VQA, max_new_tokens=1000))
-               for i in range(4)]
+    feedback: list = []
+    first = peer.send_goal(Ground.Goal(query="story 0", task=GroundedAnswer.VQA, max_new_tokens=1000), feedback)
+    # the first one runs before the others arrive (a goal the worker has not picked up yet counts as waiting)
+    assert peer.spin_until(lambda: any(f.stage == Ground.Feedback.STAGE_GENERATING for f in feedback), 30)
+    handles = [first] + [peer.send_goal(Ground.Goal(query=f"story {i}", task=GroundedAnswer.VQA,
+                                                    max_new_tokens=1000)) for i in range(1, 4)]
     # queue_size=1: one runs, one waits, the others are BUSY at once
     futures = [h.get_result_async() for h in handles]
     assert peer.spin_until(lambda: sum(f.done() for f in futures) >= 2, 20)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from groma_ros.model.configuration_groma import GromaConfig
+from groma_ros.synthetic.texts import TASKS
 
 IMAGE_SIZE = 112
 CAPTION_ORDERS = ("left_to_right", "regions")
+RELATION_TASK = "refer_relation"  # task-weight key: refer samples of kind "relation"
 SCENE_SIZE = 128  # scenes are drawn at the generator's default size and resized by the engine's preprocess
 
 
@@ -100,6 +102,9 @@ class Stage2Config:
     def __post_init__(self) -> None:
         if self.caption_order not in CAPTION_ORDERS:
             raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {self.caption_order!r}")
+        known = {*TASKS, RELATION_TASK}
+        if unknown := set(self.task_weights) - known:
+            raise ValueError(f"unknown task_weights keys {sorted(unknown)}; known: {sorted(known)}")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -22,9 +22,8 @@ from groma_ros.synthetic.texts import RELATIONS, TextSample, caption_sample, ref
 
 from . import data
 from .cache import SceneCache
-from .recipe import Stage2Config
+from .recipe import RELATION_TASK, Stage2Config
 
-RELATION_TASK = "refer_relation"  # task-weight key: refer samples of kind "relation"
 _BINARY_RELATION = re.compile(rf"^the .+? (?:{'|'.join(RELATIONS)}) (the .+)$")
 
 

@@ -2,9 +2,14 @@
 """``~/query`` published → ``~/answer`` received, through a node in its own process (not a test).
 
 Two series: follow-up queries on one frame (its perception and prompt prefix are cached) and queries on
-a fresh frame each time (perception runs for every query). The node reports its own time per answer
-(preprocess_ms + encode_ms + generate_ms); round trip minus that is what ROS adds (DDS both ways,
-callbacks, the queue hand-off, image decoding, message building). Target: overhead <= 10 % of the round trip.
+a fresh frame each time (perception runs for every query). The node reports the engine's own time per answer
+(``total_ms``: the engine's wall time, its stages plus prompt building and parsing); round trip minus that is what
+ROS and the node add (DDS both ways, callbacks, the queue hand-off, image decoding, message building).
+Target: overhead <= 10 % of the round trip.
+
+Two more series measure the floor any rclpy node pays for the same round trip: ``groma_ros.testing.echo_node``
+(no model; same topics, types, QoS and executor) answering in its subscription callback, and from a second thread
+as our worker does. Round trip minus that floor is what the Groma node itself adds.
 
     python benchmarks/ros_latency.py                      # 200 same-frame + 200 fresh-frame queries
     python benchmarks/ros_latency.py -n 300 --plot ros_latency.png --model DIR
@@ -22,7 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from groma_ros.testing.node_harness import Peer, benchmark_model_dir, ros_env, scene_image, start_node, stop_node
+from groma_ros.testing.node_harness import ROOT, Peer, benchmark_model_dir, ros_env, scene_image, start_node, stop_node
+
+ECHO_MODES = {"rclpy floor: echo in callback": [], "rclpy floor: echo from a thread": ["--worker"]}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -34,7 +41,7 @@ def series(peer: Peer, n: int, fresh: bool, width: int, height: int) -> dict:
     """``n`` sequential queries; returns round trips, node-reported times and status counts."""
     from std_msgs.msg import String
 
-    rtt, node_ms, statuses, wrong_frame = [], [], {}, 0
+    rtt, node_ms, stages_ms, statuses, wrong_frame = [], [], [], {}, 0
     for attempt in range(5):  # a best-effort subscription may drop a big frame on a busy machine: re-send
         header = peer.publish_frame(scene_image(width, height, seed=1000 + attempt), settle_s=0.3)
         if fresh or peer.ask("probe: where is the mug?").header.stamp == header.stamp:
@@ -53,15 +60,47 @@ def series(peer: Peer, n: int, fresh: bool, width: int, height: int) -> dict:
             wrong_frame += 1
         if answer.status == 0:
             rtt.append((t1 - t0) * 1000.0)
-            node_ms.append(answer.preprocess_ms + answer.encode_ms + answer.generate_ms)
-    return {"rtt": rtt, "node": node_ms, "statuses": statuses, "wrong_frame": wrong_frame}
+            node_ms.append(answer.total_ms)
+            stages_ms.append(answer.preprocess_ms + answer.encode_ms + answer.generate_ms)
+    return {"rtt": rtt, "node": node_ms, "stages": stages_ms, "statuses": statuses, "wrong_frame": wrong_frame}
+
+
+def echo_series(n: int, mode_args: list[str], name: str, log: Path) -> dict:
+    """``n`` sequential queries to an echo node (no model) in its own process; node time counts as 0."""
+    import subprocess
+
+    from std_msgs.msg import String
+
+    proc = subprocess.Popen([sys.executable, "-m", "groma_ros.testing.echo_node", *mode_args, "--ros-args",
+                             "-r", f"__node:={name}"], cwd=ROOT, stdout=open(log, "w"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT)
+    peer = Peer(f"latency_{name}", node_name=name)
+    try:
+        if not peer.spin_until(lambda: peer.node.count_subscribers(f"/{name}/query") > 0
+                               and peer.node.count_publishers(f"/{name}/answer") > 0, 30):
+            raise RuntimeError(f"echo node did not start: {log.read_text()}")
+        rtt = []
+        for i in range(n + 10):  # the first 10 warm up, as for the node
+            before = len(peer.received)
+            t0 = time.perf_counter()
+            peer.query.publish(String(data=f"where is the red mug? ({i})"))
+            if not peer.spin_until(lambda: len(peer.received) > before, 10):  # noqa: B023
+                raise RuntimeError(f"no echo to query {i}")
+            if i >= 10:
+                rtt.append((peer.received[before][0] - t0) * 1000.0)
+    finally:
+        stop_node(proc)
+        peer.close()
+    zeros = [0.0] * len(rtt)
+    return {"rtt": rtt, "node": zeros, "stages": zeros, "statuses": {0: len(rtt)}, "wrong_frame": 0}
 
 
 def summarize(name: str, s: dict) -> dict:
     rtt, node = s["rtt"], s["node"]
     over = [r - e for r, e in zip(rtt, node, strict=True)]
     return {"series": name, "n": len(rtt), "rtt_p50_ms": percentile(rtt, 50), "rtt_p95_ms": percentile(rtt, 95),
-            "rtt_max_ms": max(rtt), "node_p50_ms": percentile(node, 50), "overhead_p50_ms": percentile(over, 50),
+            "rtt_max_ms": max(rtt), "node_p50_ms": percentile(node, 50), "stages_p50_ms": percentile(s["stages"], 50),
+            "overhead_p50_ms": percentile(over, 50),
             "overhead_pct": 100.0 * (statistics.fmean(rtt) - statistics.fmean(node)) / statistics.fmean(rtt),
             "statuses": s["statuses"], "answered_on_other_frame": s["wrong_frame"]}
 
@@ -75,7 +114,7 @@ def plot(results: dict[str, dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4))
     for ax, (name, s) in zip(list(axes) if len(results) > 1 else [axes], results.items(), strict=True):
         ax.hist(s["rtt"], bins=40, alpha=0.7, label="round trip")
-        ax.hist(s["node"], bins=40, alpha=0.7, label="node-reported (pre+enc+gen)")
+        ax.hist(s["node"], bins=40, alpha=0.7, label="engine (node-reported total_ms)")
         ax.set_title(name)
         ax.set_xlabel("ms")
         ax.legend()
@@ -93,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--domain", type=int, default=None)
     ap.add_argument("--plot", help="save a histogram PNG here")
     ap.add_argument("--json", help="write the summary JSON here")
+    ap.add_argument("--no-floor", action="store_true", help="skip the echo-node (rclpy floor) series")
     args = ap.parse_args(argv)
     ros_env(args.domain)
     import rclpy
@@ -118,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_node(proc)
             peer.close()
+        try:
+            for k, mode_args in ({} if args.no_floor else ECHO_MODES).items():
+                name = f"echo{len(mode_args)}"
+                raw[k] = echo_series(args.n, mode_args, name, Path(tmp) / f"{name}.log")
+        finally:
             rclpy.shutdown()
     for k, v in raw.items():
         if not v["rtt"]:
@@ -126,15 +171,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = [summarize(k, v) for k, v in raw.items()]
     print(f"model: {label}; frames {width}x{height} rgb8; max_new_tokens={args.max_new_tokens}; "
           f"node threads={args.threads}")
-    head = (f"{'series':34} {'n':>4} {'rtt p50':>8} {'p95':>8} {'max':>8} {'node p50':>9} {'ovh p50':>8} "
-            f"{'ovh %':>6} {'other frame':>11}")
+    head = (f"{'series':34} {'n':>4} {'rtt p50':>8} {'p95':>8} {'max':>8} {'engine p50':>10} {'stages p50':>10} "
+            f"{'ovh p50':>8} {'ovh %':>6} {'other frame':>11}")
     print(head)
     for r in rows:
-        print(f"{r['series']:34} {r['n']:4d} {r['rtt_p50_ms']:8.1f} {r['rtt_p95_ms']:8.1f} {r['rtt_max_ms']:8.1f} "
-              f"{r['node_p50_ms']:9.1f} {r['overhead_p50_ms']:8.1f} {r['overhead_pct']:6.1f} "
-              f"{r['answered_on_other_frame']:11d}")
+        print(f"{r['series']:34} {r['n']:4d} {r['rtt_p50_ms']:8.2f} {r['rtt_p95_ms']:8.2f} {r['rtt_max_ms']:8.1f} "
+              f"{r['node_p50_ms']:10.2f} {r['stages_p50_ms']:10.2f} {r['overhead_p50_ms']:8.2f} "
+              f"{r['overhead_pct']:6.1f} {r['answered_on_other_frame']:11d}")
     ratio = rows[1]["rtt_p50_ms"] / rows[0]["rtt_p50_ms"]
     print(f"fresh / follow-up round trip p50: {ratio:.2f}x; target ROS overhead <= 10 %")
+    floors = {r["series"]: r["rtt_p50_ms"] for r in rows[2:]}
+    for r in rows[:2]:
+        for k, floor in floors.items():
+            print(f"{r['series']}: overhead p50 {r['overhead_p50_ms']:.2f} ms = {floor:.2f} ms {k} "
+                  f"+ {r['overhead_p50_ms'] - floor:.2f} ms the node's own; the floor alone is "
+                  f"{100 * floor / r['rtt_p50_ms']:.0f} % of its round trip")
     if args.plot:
         plot(raw, args.plot)
         print(f"histogram: {args.plot}")

@@ -84,6 +84,7 @@ def answer_msg(answer: Answer, header: Header, query_id: str, model_id: str,
         error=error, text=answer.text, raw_text=answer.raw_text,
         detections=detections_msg(answer, header, query_id, points), model_id=model_id,
         preprocess_ms=float(t.preprocess_ms), encode_ms=float(t.encode_ms), generate_ms=float(t.generate_ms),
+        total_ms=float(t.total_ms),
         prompt_tokens=int(answer.prompt_tokens), completion_tokens=int(answer.completion_tokens))
 
 

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
 
 from . import data
-from .recipe import Stage2Config
+from .recipe import PHRASE_POINTER_HEAD, Stage2Config
 from .sequences import Sequence, sequence_embeds
 
 
@@ -82,7 +82,9 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
       region's position learns its index;
     * ``gather_layers`` head 1: the position that must emit ``<rK>`` attends (uniformly) to the words of its
       phrase (``<p>..</p>``), bringing the description to where the pointer query is formed;
-    * ``pointer_layers`` head 0: that position attends to region K's token.
+    * ``pointer_layers`` head 0: that position attends to region K's token;
+    * ``phrase_pointer_layers`` head ``PHRASE_POINTER_HEAD``: in a caption, the positions that write a phrase attend
+      to the region the phrase will be tied to (the phrase precedes its ``<rK>``).
     Loss: mean negative log attention weight on the targets. Also returns the pointer heads' argmax accuracy.
     """
     terms, hits = [], []
@@ -92,6 +94,11 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
         if len(region_pos):
             a = attentions[s2.prev_token_layer][b, 0, region_pos, region_pos - 1]
             terms.append(-(a + 1e-6).log())
+        if s.phrase_pointer and s2.phrase_pointer_layers:
+            q = torch.tensor([p for p, _ in s.phrase_pointer], device=dev)
+            k = region_pos[torch.tensor([r for _, r in s.phrase_pointer], device=dev)]
+            for layer in s2.phrase_pointer_layers:
+                terms.append(-(attentions[layer][b, PHRASE_POINTER_HEAD, q, k] + 1e-6).log())
         if not s.pointer:
             continue
         q = torch.tensor([p for p, _ in s.pointer], device=dev)

@@ -15,6 +15,7 @@ from groma_ros.synthetic.texts import TASKS
 
 IMAGE_SIZE = 112
 CAPTION_ORDERS = ("left_to_right", "regions")
+PHRASE_POINTER_HEAD = 4  # the attention head that ``phrase_pointer_layers`` supervises
 RELATION_TASK = "refer_relation"  # task-weight key: refer samples of kind "relation"
 SCENE_SIZE = 128  # scenes are drawn at the generator's default size and resized by the engine's preprocess
 
@@ -89,6 +90,11 @@ class Stage2Config:
     # Object order of the grounded captions trained on: "left_to_right" (the generator's) or "regions" (by
     # kept-region index: the next object is the next index, no position comparison; the caption F1 is order-free)
     caption_order: str = "left_to_right"
+    # head ``PHRASE_POINTER_HEAD`` of these: in a grounded caption, every position that predicts a word of a phrase
+    # (from its <p> to the word before </p>) attends to the region the phrase is then tied to. Why: the phrase comes
+    # *before* its <rK>, so naming the object means finding the next region first; 13 of 29 caption errors on 80
+    # val scenes were objects whose shape region QA read right. Off in the shipped base runs.
+    phrase_pointer_layers: tuple[int, ...] = ()
     align_weight: float = 0.5  # region token vs the word embeddings of its colour/shape/size + box regression
     position_weight: float = 0.0  # region token vs "leftmost"/... embeddings, linear in its position (losses.py)
     curriculum_steps: int = 1500  # first steps: scenes with <= curriculum_objects objects

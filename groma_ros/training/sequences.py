@@ -41,6 +41,9 @@ class Sequence:
     # Binary relations: position of the anchor phrase's first token inside the query's <p>..</p> ("the purple
     # star" of "the square below the purple star"); the target words and relation come before it.
     anchor_split: int | None = None
+    # Grounded captions: (position predicting a phrase token, region K the phrase is tied to), one per position from
+    # the answer phrase's <p> to the token before its </p>, for phrases tied to exactly one region.
+    phrase_pointer: list[tuple[int, int]] = dataclasses.field(default_factory=list)
 
     def to(self, device: torch.device | str) -> Sequence:
         """The tensors the forward reads on ``device`` (built on the CPU: region selection there is cheaper)."""
@@ -148,8 +151,26 @@ def make_sequence(scene: SceneCache, samples, task: str, encoder: data.PromptEnc
         anchors = [(p, obj_to_region[a]) for p, _ in pointer]
         anchor_np = _BINARY_RELATION.match(sample.query).group(1)
         split = anchor_phrase_start(ids, encoder.tok, len(anchor_np.split()), t)
+    phrase_pointer = answer_phrase_pointers(ids, start, pointer, t) if sample.task == "grounded_caption" else []
     return Sequence(ids_t, weights, rows, torch.tensor([int(rows[k]) for k in refer_regions], dtype=torch.long),
-                    pointer, scene, region_attrs, kept.float(), anchors, split)
+                    pointer, scene, region_attrs, kept.float(), anchors, split, phrase_pointer)
+
+
+def answer_phrase_pointers(ids: list[int], start: int, pointer: list[tuple[int, int]], t) -> list[tuple[int, int]]:
+    """(position, K) for every position from an answer phrase's ``<p>`` to the token before its ``</p>`` (each
+    predicts the phrase's next token), K the region of the phrase's roi when it names exactly one region."""
+    opens, closes = t.by_name("<p>"), t.by_name("</p>")
+    out = []
+    for o in (i for i in range(start, len(ids)) if ids[i] == opens):
+        try:
+            c = ids.index(closes, o)
+        except ValueError:
+            continue
+        nxt = ids.index(opens, c) if opens in ids[c:] else len(ids)
+        regions = [k for p, k in pointer if c < p < nxt]
+        if len(regions) == 1:
+            out.extend((q, regions[0]) for q in range(o, c))
+    return out
 
 
 def sequence_embeds(model: GromaForConditionalGeneration, s: Sequence) -> tuple[torch.Tensor, torch.Tensor]:

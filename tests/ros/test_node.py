@@ -115,6 +115,8 @@ def test_query_gets_one_answer_with_source_header_and_pixel_boxes(node):
     assert (answer.detections.image_width, answer.detections.image_height) == (W, H)
     assert answer.task == GroundedAnswer.REFER
     assert answer.model_id and answer.prompt_tokens > 0 and answer.completion_tokens > 0
+    stages = answer.preprocess_ms + answer.encode_ms + answer.generate_ms
+    assert 0 < stages <= answer.total_ms < stages + 1000
     for det in answer.detections.detections:
         x1 = det.bbox.center.position.x - det.bbox.size_x / 2
         y1 = det.bbox.center.position.y - det.bbox.size_y / 2

@@ -1,5 +1,5 @@
 """Relation-focused stage-2 options: phrase split of binary relations, anchor-phrase gathering, relational task
-weight, captions in region order."""
+weight, captions in region order, caption phrases pointing at their region."""
 
 from __future__ import annotations
 
@@ -157,6 +157,50 @@ def test_region_order_captions_list_regions_ascending(model, tokenizer, scene_ca
         assert regions == sorted(regions) and len(regions) == len(scene.objects)
         checked += 1
     assert checked >= 3
+
+
+def test_caption_phrase_positions_point_at_the_region_their_roi_names(model, tokenizer, scene_caches):
+    """Each position from an answer's <p> to the token before </p> targets the one region of that phrase's roi;
+    the supervised head's loss is lowest when it attends there and is not computed when the option is off."""
+    enc, t, checked = data.PromptEncoder(tokenizer), model.config.token_ids, 0
+    for sc in scene_caches:
+        scene = data.train_scene(sc.index)
+        seq = sequences.make_sequence(sc, generate_samples(scene), "grounded_caption", enc, model.config,
+                                      Stage2Config(), random.Random(2), scene_obj=scene)
+        if seq is None or len(scene.objects) < 2:
+            continue
+        ids = seq.ids.tolist()
+        answer_start = int(torch.nonzero(seq.weights).min())
+        by_region: dict[int, list[int]] = {}
+        for pos, k in seq.phrase_pointer:
+            by_region.setdefault(k, []).append(pos)
+        phrases = parse_grounded(tokenizer.decode(ids[answer_start:]))
+        assert sorted(by_region) == sorted(k for _, idx in phrases for k in idx)
+        for phrase, idx in phrases:
+            positions = by_region[idx[0]]
+            assert ids[positions[0]] == t.by_name("<p>") and ids[positions[-1] + 1] == t.by_name("</p>")
+            assert positions == list(range(positions[0], positions[-1] + 1))
+            assert tokenizer.decode(ids[positions[0] + 1:positions[-1] + 1]).strip() == phrase
+        region_pos = torch.nonzero(seq.ids == t.region).flatten()
+        n = len(ids)
+        right, wrong = (torch.full((1, 6, n, n), 1.0 / n) for _ in range(2))
+        for pos, k in seq.phrase_pointer:
+            right[0, losses.PHRASE_POINTER_HEAD, pos] = 0.0
+            right[0, losses.PHRASE_POINTER_HEAD, pos, region_pos[k]] = 1.0
+            wrong[0, losses.PHRASE_POINTER_HEAD, pos] = 0.0
+            wrong[0, losses.PHRASE_POINTER_HEAD, pos, region_pos[(k + 1) % len(region_pos)]] = 1.0
+        s2 = Stage2Config(pointer_layers=(), gather_layers=(), phrase_pointer_layers=(2,))
+        on = {name: float(losses.attention_losses([m] * 4, [seq], t, s2)[0]) for name, m in
+              (("right", right), ("wrong", wrong))}
+        assert on["right"] + 1.0 < on["wrong"]
+        off = Stage2Config(pointer_layers=(), gather_layers=())
+        assert float(losses.attention_losses([wrong] * 4, [seq], t, off)[0]) == float(
+            losses.attention_losses([right] * 4, [seq], t, off)[0])
+        checked += 1
+    assert checked >= 3
+    refer = sequences.make_sequence(scene_caches[0], generate_samples(data.train_scene(scene_caches[0].index)),
+                                    "refer", enc, model.config, Stage2Config(), random.Random(0))
+    assert refer is None or refer.phrase_pointer == []
 
 
 def test_unknown_caption_order_is_refused():

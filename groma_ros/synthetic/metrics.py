@@ -262,17 +262,29 @@ class EvalAccumulator:
         s = self.summary()
         head = f"{'metric':<30}{'value':>8}{'target':>8}{'n':>7}{'random r':>10}{'<r0>':>8}"
         lines = [head, "-" * len(head)]
-        pct = lambda v: "   -" if v != v else f"{100 * v:.1f}%"  # NaN -> "-"
+        pct = format_percent
         for key in _row_keys(s):
             target = pct(TARGETS[key]) if key in TARGETS else ""
             n = f"{int(s[key + '_n'])}" if key + "_n" in s else ""
             has_base = key + "_n" in s
             base = (pct(s[key + "_random_region"]), pct(s[key + "_first_region"])) if has_base else ("", "")
-            lines.append(f"{_label(key):<30}{pct(s[key]):>8}{target:>8}{n:>7}{base[0]:>10}{base[1]:>8}")
+            lines.append(f"{_label(key):<30}{pct(s[key], TARGETS.get(key)):>8}{target:>8}{n:>7}{base[0]:>10}"
+                         f"{base[1]:>8}")
         return "\n".join(lines)
 
     def print_table(self) -> None:
         print(self.table())
+
+
+def format_percent(value: float, target: float | None = None) -> str:
+    """``value`` as "87.9%" ("-" for NaN); with two decimals when it misses ``target`` yet would round to it
+    (0.8996 of a 0.9 target reads "89.96%", not a "90.0%" that looks met)."""
+    if value != value:
+        return "   -"
+    text = f"{100 * value:.1f}%"
+    if target is not None and value < target and text == f"{100 * target:.1f}%":
+        text = f"{100 * value:.2f}%"
+    return text
 
 
 def _row_keys(s: dict[str, float]) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from groma_ros.model.configuration_groma import GromaConfig
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
+from groma_ros.synthetic.metrics import format_percent
 
 from .recipe import Stage1Config, Stage2Config
 
@@ -105,7 +106,7 @@ def _continuations(runs: list[Path]) -> str:
                    and k not in ("max_steps", "num_scenes", "eval_scenes")}
         out += [f"**`{run.name}`** on `{start.get('device', '?')}`: {steps} steps x batch {cfg.get('batch_size', '?')}"
                 f" on {cfg.get('num_scenes', '?')} cached scenes, {minutes:.0f} min; recipe changes vs the defaults: "
-                f"`{json.dumps(changed)}`. Exported: step {best['step']}, the best val quick-eval: "
+                f"`{json.dumps(changed)}`. Best val quick-eval at step {best['step']}: "
                 f"REC attr {100 * last.get('rec_attribute', 0):.0f} % / "
                 f"rel {100 * last.get('rec_relation', 0):.0f} %, caption F1 {last.get('caption_f1', 0):.2f}, "
                 f"region-QA {100 * last.get('region_qa', 0):.0f} %.", "", "```", cmd, "```", ""]
@@ -124,8 +125,8 @@ TARGETS = (("proposal_recall", "proposal recall", 0.98), ("rec_attribute", "attr
 def _target_summary(measured: dict) -> str:
     """Which of issue 6's targets the evaluated weights meet, with the measured values."""
     met = [f"{name} ({_pct(measured, key)})" for key, name, goal in TARGETS if measured.get(key, -1) >= goal]
-    missed = [f"{name} ({_pct(measured, key)}, target {100 * goal:.0f} %)" for key, name, goal in TARGETS
-              if measured.get(key, -1) < goal]
+    missed = [f"{name} ({format_percent(measured[key], goal).replace('%', ' %')}, target {100 * goal:.0f} %)"
+              for key, name, goal in TARGETS if key in measured and measured[key] < goal]
     text = f"Meets issue 6's targets for {', '.join(met) or 'none'}"
     return text + (f"; below them for {', '.join(missed)}." if missed else ".")
 

@@ -11,6 +11,7 @@ from groma_ros.synthetic.metrics import (
     caption_pairs,
     exact_match,
     first_region_hit,
+    format_percent,
     grounded_caption_prf,
     match_boxes,
     multi_object_pr,
@@ -127,3 +128,9 @@ def test_oracle_predictions_score_100_percent():
         assert s[key] == 1.0, key
     assert s["rec_random_region"] < 0.5
     print("\n" + acc.table())
+
+
+def test_a_value_just_below_its_target_never_prints_as_the_target():
+    assert format_percent(0.8996, 0.9) == "89.96%"
+    assert format_percent(0.8996) == "90.0%" and format_percent(0.9, 0.9) == "90.0%"
+    assert format_percent(0.879, 0.9) == "87.9%" and format_percent(float("nan")) == "   -"

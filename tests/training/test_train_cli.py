@@ -10,6 +10,7 @@ import torch
 
 from groma_ros.engine.engine import GromaEngine
 from groma_ros.train import main
+from groma_ros.training.export_checkpoint import export_checkpoint
 
 
 def test_train_all_stages_tiny(tmp_path):
@@ -24,6 +25,14 @@ def test_train_all_stages_tiny(tmp_path):
     assert engine.model.config.region_box_convention == "corrected"
     main(args)  # resumes: both stages are already at their step limits
 
+    # the last state (not the best quick-eval one) exported in the released format, as the shipped weights were
+    final = tmp_path / "final"
+    ckpt = torch.load(run / "stage2" / "ckpt.pt", weights_only=False)
+    assert export_checkpoint(run / "stage2" / "ckpt.pt", export, final) == ckpt["step"]
+    exported = GromaEngine.from_pretrained(str(final), num_threads=1, progress=False).model.state_dict()
+    for name, value in ckpt["model"].items():
+        assert torch.equal(exported[name].float(), value.half().float()), name
+
 
 def test_stage2_warm_start_with_overrides(tmp_path, monkeypatch):
     """``--stage2-init`` continues from another run's weights; ``--stage2-set`` overrides recipe fields."""
@@ -37,6 +46,7 @@ def test_stage2_warm_start_with_overrides(tmp_path, monkeypatch):
         shutil.copytree(src, second / name) if src.is_dir() else shutil.copy(src, second / name)
     overrides = {"batch_size": 4, "curriculum_steps": 0, "anchor_layers": [1], "lr": 5e-4,
                  "anchor_gather_layers": [0], "caption_order": "regions", "position_weight": 0.1,
+                 "phrase_pointer_layers": [1, 2],
                  "task_weights": {"refer": 0.2, "refer_relation": 0.3, "grounded_caption": 0.3, "vqa": 0.2}}
     main(["--run-dir", str(second), "--stages", "2", "--stage2-steps", "3", "--stage2-init",
           str(first / "stage2" / "best.pt"), "--stage2-set", json.dumps(overrides), *common])
@@ -45,6 +55,7 @@ def test_stage2_warm_start_with_overrides(tmp_path, monkeypatch):
     assert start["init"].endswith("best.pt") and start["config"]["anchor_layers"] == [1]
     assert start["config"]["batch_size"] == 4 and start["config"]["curriculum_steps"] == 0
     assert start["config"]["caption_order"] == "regions" and start["config"]["anchor_gather_layers"] == [0]
+    assert start["config"]["phrase_pointer_layers"] == [1, 2]
     assert torch.load(second / "stage2" / "ckpt.pt", weights_only=False)["step"] == 3
     assert not list(tmp_path.glob("*.safetensors"))
     with pytest.raises(SystemExit, match="unknown Stage2Config fields"):

@@ -93,7 +93,7 @@ class Stage2Config:
     # head ``PHRASE_POINTER_HEAD`` of these: in a grounded caption, every position that predicts a word of a phrase
     # (from its <p> to the word before </p>) attends to the region the phrase is then tied to. Why: the phrase comes
     # *before* its <rK>, so naming the object means finding the next region first; 13 of 29 caption errors on 80
-    # val scenes were objects whose shape region QA read right. Off in the shipped base runs.
+    # val scenes were objects whose shape region QA read right. [1, 2] in the shipped weights' last run (cpu8).
     phrase_pointer_layers: tuple[int, ...] = ()
     align_weight: float = 0.5  # region token vs the word embeddings of its colour/shape/size + box regression
     position_weight: float = 0.0  # region token vs "leftmost"/... embeddings, linear in its position (losses.py)

@@ -216,12 +216,12 @@ def test_position_alignment_orders_regions_by_their_extreme_words(tokenizer):
     boxes = torch.rand(24, 4)
     reg = torch.randn(24, 64, requires_grad=True)
     opt = torch.optim.Adam([reg, emb], lr=0.05)
-    first = float(losses.position_align_loss(emb, reg, boxes, aux))
+    first = float(losses.position_align_loss(emb, reg, boxes, aux).detach())
     for _ in range(300):
         opt.zero_grad()
         losses.position_align_loss(emb, reg, boxes, aux).backward()
         opt.step()
-    assert float(losses.position_align_loss(emb, reg, boxes, aux)) < 0.05 * first
+    assert float(losses.position_align_loss(emb, reg, boxes, aux).detach()) < 0.05 * first
     r, emb = torch.nn.functional.normalize(reg.detach(), dim=-1), emb.detach()
     # the first region by score must be the most extreme one: smallest x for leftmost, largest y for bottommost...
     expected = {"leftmost": (0, 1.0), "rightmost": (0, -1.0), "topmost": (1, 1.0), "bottommost": (1, -1.0)}

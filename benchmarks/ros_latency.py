@@ -37,10 +37,21 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
-def series(peer: Peer, n: int, fresh: bool, width: int, height: int) -> dict:
-    """``n`` sequential queries; returns round trips, node-reported times and status counts."""
+def round_trip(peer: Peer, text: str, timeout: float) -> tuple[float, object]:
+    """Publish ``text`` on the peer's query topic; (ms until its answer arrived, the answer)."""
     from std_msgs.msg import String
 
+    before = len(peer.received)
+    t0 = time.perf_counter()
+    peer.query.publish(String(data=text))
+    if not peer.spin_until(lambda: len(peer.received) > before, timeout):
+        raise RuntimeError(f"no answer to {text!r}")
+    t1, answer = peer.received[before]
+    return (t1 - t0) * 1000.0, answer
+
+
+def series(peer: Peer, n: int, fresh: bool, width: int, height: int) -> dict:
+    """``n`` sequential queries; returns round trips, node-reported times and status counts."""
     rtt, node_ms, stages_ms, statuses, wrong_frame = [], [], [], {}, 0
     for attempt in range(5):  # a best-effort subscription may drop a big frame on a busy machine: re-send
         header = peer.publish_frame(scene_image(width, height, seed=1000 + attempt), settle_s=0.3)
@@ -49,17 +60,12 @@ def series(peer: Peer, n: int, fresh: bool, width: int, height: int) -> dict:
     for i in range(n):
         if fresh:
             header = peer.publish_frame(scene_image(width, height, seed=i + 1), settle_s=0.03)
-        before = len(peer.received)
-        t0 = time.perf_counter()
-        peer.query.publish(String(data=f"where is the red mug? ({i})"))
-        if not peer.spin_until(lambda: len(peer.received) > before, 60):  # noqa: B023
-            raise RuntimeError(f"no answer to query {i}")
-        t1, answer = peer.received[before]
+        ms, answer = round_trip(peer, f"where is the red mug? ({i})", 60)
         statuses[answer.status] = statuses.get(answer.status, 0) + 1
         if answer.header.stamp != header.stamp:
             wrong_frame += 1
         if answer.status == 0:
-            rtt.append((t1 - t0) * 1000.0)
+            rtt.append(ms)
             node_ms.append(answer.total_ms)
             stages_ms.append(answer.preprocess_ms + answer.encode_ms + answer.generate_ms)
     return {"rtt": rtt, "node": node_ms, "stages": stages_ms, "statuses": statuses, "wrong_frame": wrong_frame}
@@ -69,8 +75,6 @@ def echo_series(n: int, mode_args: list[str], name: str, log: Path) -> dict:
     """``n`` sequential queries to an echo node (no model) in its own process; node time counts as 0."""
     import subprocess
 
-    from std_msgs.msg import String
-
     proc = subprocess.Popen([sys.executable, "-m", "groma_ros.testing.echo_node", *mode_args, "--ros-args",
                              "-r", f"__node:={name}"], cwd=ROOT, stdout=open(log, "w"),  # noqa: SIM115
                             stderr=subprocess.STDOUT)
@@ -79,15 +83,9 @@ def echo_series(n: int, mode_args: list[str], name: str, log: Path) -> dict:
         if not peer.spin_until(lambda: peer.node.count_subscribers(f"/{name}/query") > 0
                                and peer.node.count_publishers(f"/{name}/answer") > 0, 30):
             raise RuntimeError(f"echo node did not start: {log.read_text()}")
-        rtt = []
-        for i in range(n + 10):  # the first 10 warm up, as for the node
-            before = len(peer.received)
-            t0 = time.perf_counter()
-            peer.query.publish(String(data=f"where is the red mug? ({i})"))
-            if not peer.spin_until(lambda: len(peer.received) > before, 10):  # noqa: B023
-                raise RuntimeError(f"no echo to query {i}")
-            if i >= 10:
-                rtt.append((peer.received[before][0] - t0) * 1000.0)
+        for i in range(10):  # warm-up, as for the node
+            round_trip(peer, f"warm-up ({i})", 10)
+        rtt = [round_trip(peer, f"where is the red mug? ({i})", 10)[0] for i in range(n)]
     finally:
         stop_node(proc)
         peer.close()

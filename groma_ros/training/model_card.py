@@ -113,8 +113,9 @@ def _continuations(runs: list[Path]) -> str:
     return "\n".join(out)
 
 
-def _pct(table: dict, key: str) -> str:
-    return f"{100 * table[key]:.1f} %" if key in table else "?"
+def _pct(table: dict, key: str, target: float | None = None) -> str:
+    """``table[key]`` as "87.9 %" (a near miss of ``target``: two decimals, see ``format_percent``); "?" if absent."""
+    return format_percent(table[key], target).replace("%", " %") if key in table else "?"
 
 
 TARGETS = (("proposal_recall", "proposal recall", 0.98), ("rec_attribute", "attribute REC", 0.95),
@@ -125,7 +126,7 @@ TARGETS = (("proposal_recall", "proposal recall", 0.98), ("rec_attribute", "attr
 def _target_summary(measured: dict) -> str:
     """Which of issue 6's targets the evaluated weights meet, with the measured values."""
     met = [f"{name} ({_pct(measured, key)})" for key, name, goal in TARGETS if measured.get(key, -1) >= goal]
-    missed = [f"{name} ({format_percent(measured[key], goal).replace('%', ' %')}, target {100 * goal:.0f} %)"
+    missed = [f"{name} ({_pct(measured, key, goal)}, target {100 * goal:.0f} %)"
               for key, name, goal in TARGETS if key in measured and measured[key] < goal]
     text = f"Meets issue 6's targets for {', '.join(met) or 'none'}"
     return text + (f"; below them for {', '.join(missed)}." if missed else ".")

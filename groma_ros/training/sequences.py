@@ -166,7 +166,7 @@ def answer_phrase_pointers(ids: list[int], start: int, pointer: list[tuple[int, 
             c = ids.index(closes, o)
         except ValueError:
             continue
-        nxt = ids.index(opens, c) if opens in ids[c:] else len(ids)
+        nxt = next((i for i in range(c, len(ids)) if ids[i] == opens), len(ids))
         regions = [k for p, k in pointer if c < p < nxt]
         if len(regions) == 1:
             out.extend((q, regions[0]) for q in range(o, c))

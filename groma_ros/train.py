@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -22,6 +23,7 @@ from groma_ros.model.tokenization_groma import GromaTokenizer
 from groma_ros.training import common
 from groma_ros.training.recipe import Stage1Config, Stage2Config, tiny_groma_config
 
+RecipeT = TypeVar("RecipeT", Stage1Config, Stage2Config)
 DEFAULT_EXPORT = Path(__file__).resolve().parent / "assets" / "default_model"
 
 
@@ -45,17 +47,28 @@ def build_model(cfg: GromaConfig, seed: int) -> GromaForConditionalGeneration:
     return GromaForConditionalGeneration(cfg)
 
 
-def stage2_config(args: argparse.Namespace) -> Stage2Config:
-    """Stage2Config from the flags plus ``--stage2-set`` (JSON; lists become tuples, unknown fields refused)."""
-    s2 = Stage2Config(max_steps=args.stage2_steps, num_scenes=args.stage2_scenes, eval_scenes=args.eval_scenes)
-    overrides = json.loads(args.stage2_set)
-    known = {f.name for f in dataclasses.fields(Stage2Config)}
+def with_overrides(base: RecipeT, overrides_json: str, flag: str) -> RecipeT:
+    """``base`` (a recipe dataclass) with the JSON overrides of ``flag``; lists become tuples, unknown fields
+    and the dataclass's own checks (caption order, task names) end the run with a message naming the flag."""
+    overrides = json.loads(overrides_json)
+    known = {f.name for f in dataclasses.fields(base)}
     if unknown := set(overrides) - known:
-        raise SystemExit(f"--stage2-set: unknown Stage2Config fields {sorted(unknown)}; known: {sorted(known)}")
+        raise SystemExit(f"{flag}: unknown {type(base).__name__} fields {sorted(unknown)}; known: {sorted(known)}")
     try:
-        return dataclasses.replace(s2, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    except ValueError as exc:  # Stage2Config's own checks (caption order, task names)
-        raise SystemExit(f"--stage2-set: {exc}") from None
+        return dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    except ValueError as exc:
+        raise SystemExit(f"{flag}: {exc}") from None
+
+
+def stage1_config(args: argparse.Namespace) -> Stage1Config:
+    """Stage1Config from the flags plus ``--stage1-set`` (JSON)."""
+    return with_overrides(Stage1Config(max_steps=args.stage1_steps), args.stage1_set, "--stage1-set")
+
+
+def stage2_config(args: argparse.Namespace) -> Stage2Config:
+    """Stage2Config from the flags plus ``--stage2-set`` (JSON)."""
+    s2 = Stage2Config(max_steps=args.stage2_steps, num_scenes=args.stage2_scenes, eval_scenes=args.eval_scenes)
+    return with_overrides(s2, args.stage2_set, "--stage2-set")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,11 +87,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export", default=str(DEFAULT_EXPORT), help="where the best checkpoint goes ('' = none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the recipe uses one core)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (checkpoints stay device-independent)")
+    p.add_argument("--stage1-init", type=Path, help="stage-1 checkpoint to continue from (e.g. runs/x/stage1/ckpt.pt)")
+    p.add_argument("--stage1-set", default="{}", metavar="JSON",
+                   help='override Stage1Config fields, e.g. \'{"lr": 3e-4}\'')
     p.add_argument("--stage2-init", type=Path, help="state dict to continue stage 2 from (e.g. runs/x/stage2/best.pt)")
+    p.add_argument("--stage2-perception", type=Path,
+                   help="with --stage2-init: take the perception (stage-1 weights) from this stage-1 checkpoint")
     p.add_argument("--stage2-set", default="{}", metavar="JSON",
                    help='override Stage2Config fields, e.g. \'{"batch_size": 64, "curriculum_steps": 0}\'')
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.stage2_perception and not args.stage2_init:
+        p.error("--stage2-perception needs --stage2-init (without it stage 2 starts from the run's own stage 1)")
     torch.set_num_threads(args.threads)
     stages = {int(s) for s in args.stages.split(",") if s.strip()}
     args.run_dir.mkdir(parents=True, exist_ok=True)
@@ -90,15 +110,15 @@ def main(argv: list[str] | None = None) -> None:
     if 1 in stages:
         from groma_ros.training.stage1 import run_stage1
 
-        run_stage1(model, args.run_dir, Stage1Config(max_steps=args.stage1_steps), args.stage1_minutes,
-                   seed=args.seed)
+        run_stage1(model, args.run_dir, stage1_config(args), args.stage1_minutes, seed=args.seed,
+                   init=args.stage1_init)
     if 2 in stages:
         from groma_ros.training.stage2 import run_stage2
 
         s2 = stage2_config(args)
         run_stage2(model, tok, args.run_dir, s2, args.stage2_minutes, seed=args.seed,
                    export_dir=Path(args.export) if args.export else None, eval_minutes=args.eval_minutes,
-                   init=args.stage2_init)
+                   init=args.stage2_init, perception=args.stage2_perception)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from groma_ros.model.configuration_groma import GromaConfig
@@ -79,37 +80,67 @@ def _curves(records: list[dict]) -> str:
 
 
 def _span(records: list[dict], stage: int) -> tuple[int, float]:
-    rs = [r for r in records if r.get("stage") == stage and "step" in r]
-    if not rs:
+    """(last step, wall minutes) of ``stage`` in a run log, from its start record (if any) to its last record."""
+    rs = [r for r in records if r.get("stage") == stage and "time" in r]
+    if not any("step" in r for r in rs):
         return 0, 0.0
     to_s = lambda t: int(t[:2]) * 3600 + int(t[3:5]) * 60 + int(t[6:8])  # noqa: E731
     secs = (to_s(rs[-1]["time"]) - to_s(rs[0]["time"])) % 86400
-    return max(r["step"] for r in rs), secs / 60
+    return max(r["step"] for r in rs if "step" in r), secs / 60
+
+
+def _changed(cfg: dict, defaults: dict) -> dict:
+    """Recipe fields a run set differently from the defaults (budget-like fields left out)."""
+    defaults = json.loads(json.dumps(defaults))  # tuples -> lists, as in the log
+    budget = ("max_steps", "num_scenes", "eval_scenes")
+    return {k: v for k, v in cfg.items() if defaults.get(k) != v and k not in budget}
+
+
+def _command(run: Path) -> list[str]:
+    cmd = (run / "cmd.sh").read_text().strip() if (run / "cmd.sh").is_file() else "(command not recorded)"
+    return ["```", cmd, "```", ""]
+
+
+def _stage1_continuation(run: Path, records: list[dict]) -> list[str]:
+    start = next((r for r in records if r.get("stage") == 1 and "config" in r), {})
+    steps, minutes = _span(records, 1)
+    final = next((r["final_eval"] for r in records if r.get("stage") == 1 and "final_eval" in r), {})
+    attrs = final.get("attributes", {})
+    return [f"**`{run.name}`** (stage 1, perception, from `{start.get('init')}`): {steps} steps x batch "
+            f"{start.get('config', {}).get('batch_size', '?')}, {minutes:.0f} min; recipe changes vs the defaults: "
+            f"`{json.dumps(_changed(start.get('config', {}), asdict(Stage1Config())))}`. Val (200 scenes): proposal "
+            f"recall {100 * final.get('recall@0.5', 0):.1f} %; attribute probe on ground-truth boxes: shape "
+            f"{100 * attrs.get('shape', 0):.1f} % (small shapes {100 * attrs.get('shape_small', 0):.1f} %), colour "
+            f"{100 * attrs.get('color', 0):.1f} %, size {100 * attrs.get('size', 0):.1f} %.", "", *_command(run)]
+
+
+def _stage2_continuation(run: Path, records: list[dict]) -> list[str]:
+    start = next((r for r in records if r.get("stage") == 2 and "config" in r), {})
+    cfg = start.get("config", {})
+    steps, minutes = _span(records, 2)
+    evals = [r for r in records if r.get("stage") == 2 and "eval" in r]
+    best = max(evals, key=lambda r: r["eval"].get("score", 0)) if evals else {"step": "?", "eval": {}}
+    last = best["eval"]
+    perception = f", perception from `{start['perception']}`" if start.get("perception") else ""
+    return [f"**`{run.name}`** on `{start.get('device', '?')}`{perception}: {steps} steps x batch "
+            f"{cfg.get('batch_size', '?')} on {cfg.get('num_scenes', '?')} cached scenes, {minutes:.0f} min; recipe "
+            f"changes vs the defaults: `{json.dumps(_changed(cfg, Stage2Config().as_dict()))}`. Best val quick-eval "
+            f"at step {best['step']}: REC attr {100 * last.get('rec_attribute', 0):.0f} % / "
+            f"rel {100 * last.get('rec_relation', 0):.0f} %, caption F1 {last.get('caption_f1', 0):.2f}, "
+            f"region-QA {100 * last.get('region_qa', 0):.0f} %.", "", *_command(run)]
 
 
 def _continuations(runs: list[Path]) -> str:
-    """One paragraph per warm-started stage-2 run (``--stage2-init``) that led to the shipped weights."""
+    """One paragraph per warm-started run (``--stage1-init`` / ``--stage2-init``) behind the shipped weights."""
     if not runs:
         return ""
-    out = ["## Continuations (stage 2 warm-started from the previous best, in this order)", ""]
+    out = ["## Continuations (each warm-started from the previous state, in this order)", ""]
     for run in runs:
         records = _records(run)
-        start = next((r for r in records if "config" in r), {})
-        cfg = start.get("config", {})
-        steps, minutes = _span(records, 2)
-        evals = [r for r in records if r.get("stage") == 2 and "eval" in r]
-        best = max(evals, key=lambda r: r["eval"].get("score", 0)) if evals else {"step": "?", "eval": {}}
-        last = best["eval"]
-        cmd = (run / "cmd.sh").read_text().strip() if (run / "cmd.sh").is_file() else "(command not recorded)"
-        defaults = json.loads(json.dumps(Stage2Config().as_dict()))  # tuples -> lists, as in the log
-        changed = {k: v for k, v in cfg.items() if defaults.get(k) != v
-                   and k not in ("max_steps", "num_scenes", "eval_scenes")}
-        out += [f"**`{run.name}`** on `{start.get('device', '?')}`: {steps} steps x batch {cfg.get('batch_size', '?')}"
-                f" on {cfg.get('num_scenes', '?')} cached scenes, {minutes:.0f} min; recipe changes vs the defaults: "
-                f"`{json.dumps(changed)}`. Best val quick-eval at step {best['step']}: "
-                f"REC attr {100 * last.get('rec_attribute', 0):.0f} % / "
-                f"rel {100 * last.get('rec_relation', 0):.0f} %, caption F1 {last.get('caption_f1', 0):.2f}, "
-                f"region-QA {100 * last.get('region_qa', 0):.0f} %.", "", "```", cmd, "```", ""]
+        if any(r.get("stage") == 1 for r in records):
+            out += _stage1_continuation(run, records)
+        if any(r.get("stage") == 2 for r in records):
+            out += _stage2_continuation(run, records)
     return "\n".join(out)
 
 
@@ -242,7 +273,8 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "assets" / "default_model")
     p.add_argument("--notes", default="")
     p.add_argument("--continuation", type=Path, action="append", default=[],
-                   help="run dir of a warm-started stage-2 run (--stage2-init) behind the shipped weights; repeatable")
+                   help="run dir of a warm-started run (--stage1-init or --stage2-init) behind the shipped weights; "
+                        "repeatable, in order")
     args = p.parse_args()
     write_card(args.run_dir, args.model, args.notes, args.continuation)
 

@@ -61,6 +61,7 @@ class Stage1Config:
     loss_class: float = 2.0
     loss_attr: float = 1.0
     focal_alpha: float = 0.25
+    region_aux_images: int = 4  # region-encoder attribute loss on this many images per batch (fusion convs cost)
 
 
 @dataclass

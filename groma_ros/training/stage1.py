@@ -22,10 +22,11 @@ from groma_ros.model.ops import box_iou, cxcywh_to_xyxy
 from groma_ros.synthetic.scenes import SHAPES, generate_scene, split_seeds
 
 from . import common, data, forward
+from .data import SIZE_NAMES
 from .matching import box_losses, hungarian_match, sigmoid_focal_loss
 from .recipe import Stage1Config
 
-REGION_AUX_IMAGES = 4  # region-encoder loss on this many images per batch (the fusion convs dominate cost)
+SMALL = SIZE_NAMES.index("small")  # the size whose shapes the attribute probe reports apart (hardest to read)
 
 
 class AttributeHeads(nn.Module):
@@ -114,10 +115,51 @@ def proposal_recall(model: GromaForConditionalGeneration, n_scenes: int = 64, sp
     return {"recall@0.5": hits / max(1, total), "kept_per_image": kept / max(1, n_scenes)}
 
 
+@torch.no_grad()
+def attribute_accuracy(model: GromaForConditionalGeneration, heads: Stage1Heads, n_scenes: int = 64,
+                       split: str = "val", batch: int = 16) -> dict[str, float]:
+    """Accuracy of the region attribute probe on exact ground-truth boxes: what region tokens can tell the LLM.
+
+    Why: stage 2 freezes these features, so a shape they cannot tell apart stays wrong in every caption and
+    region-QA answer; ``shape_small`` isolates the hardest case (small shapes cover a few 8-px patches)."""
+    model.eval()
+    right = {"color": 0, "shape": 0, "size": 0, "shape_small": 0}
+    total = small = 0
+    seeds = list(split_seeds(split, n_scenes))
+    for s in range(0, len(seeds), batch):
+        items = [data.scene_tensors(generate_scene(seed), model.config.image_size).to(model.device)
+                 for seed in seeds[s:s + batch]]
+        states = forward.vision_states(model, data.stack_pixels(items))
+        maps = model.region_encoder.fuse(states, model.config.grid_size)
+        boxes = torch.cat([t.boxes for t in items])
+        bidx = torch.cat([torch.full((len(t.boxes),), i, dtype=torch.long, device=boxes.device)
+                          for i, t in enumerate(items)])
+        feats = forward.region_features(model.region_encoder, maps, boxes, bidx)
+        labels = {name: torch.cat([getattr(t, name) for t in items]) for name in ("color", "shape", "size")}
+        hits = {name: getattr(heads.region, name)(feats).argmax(1) == labels[name] for name in labels}
+        for name, hit in hits.items():
+            right[name] += int(hit.sum())
+        is_small = labels["size"] == SMALL
+        right["shape_small"] += int(hits["shape"][is_small].sum())
+        total += len(boxes)
+        small += int(is_small.sum())
+    model.train()
+    return {name: n / max(1, small if name == "shape_small" else total) for name, n in right.items()}
+
+
+def perception_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights stage 1 trains (vision encoder, proposer, region encoder up to ``updims``), nothing else."""
+    return {k: v for k, v in state_dict.items() if k.startswith(("perceiver.", "region_encoder."))
+            and not k.startswith("region_encoder.roi_align.updims.")}
+
+
 def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1Config, max_minutes: float,
                seed: int = 0, checkpoint_minutes: float = 3.0, eval_minutes: float = 4.0,
-               on_eval=None) -> GromaForConditionalGeneration:
-    """Train until the budget or ``cfg.max_steps`` on the model's device; resumes from ``run_dir/stage1/ckpt.pt``."""
+               on_eval=None, init: Path | None = None) -> GromaForConditionalGeneration:
+    """Train until the budget or ``cfg.max_steps`` on the model's device; resumes from ``run_dir/stage1/ckpt.pt``.
+
+    ``init``: another run's stage-1 checkpoint to continue from when this run has none yet (its weights and
+    attribute heads; a fresh optimizer and schedule under ``cfg``), e.g. a longer, lower-rate perception run."""
     out_dir = run_dir / "stage1"
     ckpt_path = out_dir / "ckpt.pt"
     device = model.device
@@ -132,6 +174,17 @@ def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1C
         print(f"stage 1: resumed at step {step}")
     else:
         common.seed_everything(seed)
+        if init is not None:
+            warm = common.load_checkpoint(init)
+            if warm is None:
+                raise FileNotFoundError(f"stage 1 init checkpoint missing: {init}")
+            model.load_state_dict(warm["model"])
+            heads.load_state_dict(warm["heads"])
+            scene_index = warm["scene_index"]  # continue on scenes the init run has not seen
+            print(f"stage 1: warm start from {init} (its step {warm['step']})")
+            del warm
+        common.log_json(run_dir / "log.jsonl", {"stage": 1, "start_step": 0, "init": str(init) if init else None,
+                                                "config": asdict(cfg)})
     if state is not None and state.get("done"):
         return model
     budget = common.Budget(max_minutes)
@@ -157,7 +210,7 @@ def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1C
         trace = forward.propose(model, states)
         losses = detection_loss(trace, items, cfg, heads)
         # region encoder: features of jittered GT boxes of the first images must name the attributes
-        n_reg = min(REGION_AUX_IMAGES, len(items))
+        n_reg = min(cfg.region_aux_images, len(items))
         maps = model.region_encoder.fuse([s[:n_reg] for s in states], model.config.grid_size)
         boxes = torch.cat([jitter_boxes(t.boxes) for t in items[:n_reg]])
         bidx = torch.cat([torch.full((len(t.boxes),), i, dtype=torch.long, device=device)
@@ -183,14 +236,14 @@ def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1C
         if save_timer():
             save()
         if eval_timer():
-            metrics = proposal_recall(model)
+            metrics = {**proposal_recall(model), "attributes": attribute_accuracy(model, heads)}
             common.log_json(run_dir / "log.jsonl", {"stage": 1, "step": step, "eval": metrics})
             print(f"\nstage 1 step {step}: {metrics}", flush=True)
             if on_eval is not None:
                 on_eval(step, metrics)
     bar.close()
     save(done=True)
-    metrics = proposal_recall(model, n_scenes=200)
+    metrics = {**proposal_recall(model, n_scenes=200), "attributes": attribute_accuracy(model, heads, 200)}
     common.log_json(run_dir / "log.jsonl", {"stage": 1, "step": step, "final_eval": metrics})
     print(f"stage 1 done at step {step}: {metrics}", flush=True)
     return model

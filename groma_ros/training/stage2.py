@@ -96,13 +96,15 @@ def export_model(model: GromaForConditionalGeneration, tokenizer, directory: Pat
 # ---------------------------------------------------------------------------------------------- runner
 def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s2: Stage2Config,
                max_minutes: float, seed: int = 0, export_dir: Path | None = None,
-               eval_minutes: float = 8.0, init: Path | None = None) -> GromaForConditionalGeneration:
+               eval_minutes: float = 8.0, init: Path | None = None,
+               perception: Path | None = None) -> GromaForConditionalGeneration:
     """Train on the model's device until the budget; every ``eval_minutes`` evaluate on val scenes through the
     engine and export the best checkpoint so far to ``export_dir``. Resumes from ``run_dir/stage2/ckpt.pt``.
 
     ``init``: a full state dict (e.g. an earlier run's ``stage2/best.pt``) to continue from when this run has no
     stage-2 checkpoint yet: it replaces the stage-1 weights (its perception is stage 1's, frozen since) and skips
-    the readout initialisation; set ``curriculum_steps=0`` for such a warm start."""
+    the readout initialisation; set ``curriculum_steps=0`` for such a warm start. ``perception``: a stage-1
+    checkpoint whose perception replaces ``init``'s (a longer stage 1 under an already trained LLM)."""
     from .quick_eval import quick_eval
 
     out_dir = run_dir / "stage2"
@@ -113,6 +115,14 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
         raise FileNotFoundError(f"stage 1 checkpoint missing: {init or run_dir / 'stage1' / 'ckpt.pt'}")
     model.load_state_dict(s1["model"] if "model" in s1 else s1)
     del s1
+    if perception is not None:
+        from .stage1 import perception_state
+
+        p1 = common.load_checkpoint(perception)
+        if p1 is None:
+            raise FileNotFoundError(f"stage 1 checkpoint missing: {perception}")
+        model.load_state_dict(perception_state(p1["model"]), strict=False)
+        del p1
     cache = cache_to(load_or_build_cache(model, out_dir / "cache.pt", s2.num_scenes), device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -134,7 +144,9 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
         if init is None:
             init_region_readout(model)
     common.log_json(run_dir / "log.jsonl", {"stage": 2, "start_step": step, "device": str(device),
-                                            "init": str(init) if init else None, "config": s2.as_dict()})
+                                            "init": str(init) if init else None,
+                                            "perception": str(perception) if perception else None,
+                                            "config": s2.as_dict()})
     rng = random.Random(seed * 1000 + step)
     encoder = data.PromptEncoder(tokenizer)
     simple = [c for c in cache if c.num_objects <= s2.curriculum_objects]

@@ -66,6 +66,46 @@ def test_stage2_warm_start_with_overrides(tmp_path, monkeypatch):
 
 
 
+def test_perception_continuation_then_stage2_on_it(tmp_path, monkeypatch):
+    """``--stage1-init``/``--stage1-set`` continue another run's stage 1 (fresh schedule, unseen scenes);
+    ``--stage2-perception`` puts that perception under an already trained LLM, and nothing else of it."""
+    from groma_ros.training.stage1 import perception_state
+
+    monkeypatch.chdir(tmp_path)
+    first, longer, joined = tmp_path / "first", tmp_path / "longer", tmp_path / "joined"
+    common = ["--vocab-size", "400", "--corpus-scenes", "20", "--stage2-scenes", "8", "--eval-scenes", "1",
+              "--export", ""]
+    main(["--run-dir", str(first), "--stage1-steps", "2", "--stage2-steps", "2", *common])
+    for run in (longer, joined):
+        run.mkdir()
+        shutil.copytree(first / "tokenizer", run / "tokenizer")
+        shutil.copy(first / "config.json", run / "config.json")
+    main(["--run-dir", str(longer), "--stages", "1", "--stage1-steps", "3", "--stage1-init",
+          str(first / "stage1" / "ckpt.pt"), "--stage1-set", '{"lr": 0.01, "region_aux_images": 2}', *common])
+    old = torch.load(first / "stage1" / "ckpt.pt", weights_only=False)
+    new = torch.load(longer / "stage1" / "ckpt.pt", weights_only=False)
+    assert new["step"] == 3 and new["scene_index"] == old["scene_index"] + 3 * 8  # scenes the first run never saw
+    assert new["config"]["region_aux_images"] == 2 and new["config"]["lr"] == 0.01
+    records = [json.loads(line) for line in (longer / "log.jsonl").read_text().splitlines()]
+    assert next(r for r in records if "config" in r)["init"].endswith("ckpt.pt")
+    final = next(r for r in records if "final_eval" in r)["final_eval"]["attributes"]
+    assert set(final) == {"color", "shape", "size", "shape_small"} and all(0 <= v <= 1 for v in final.values())
+    moved = perception_state(new["model"])
+    assert moved and not any(k.startswith("llm.") or ".updims." in k for k in moved)
+    assert any(not torch.equal(v, old["model"][k]) for k, v in moved.items())  # it trained
+
+    with pytest.raises(SystemExit):
+        main(["--run-dir", str(joined), "--stages", "2", "--stage2-perception", str(longer / "stage1" / "ckpt.pt"),
+              *common])
+    best = torch.load(first / "stage2" / "best.pt", weights_only=False)
+    main(["--run-dir", str(joined), "--stages", "2", "--stage2-steps", "0", "--stage2-init",
+          str(first / "stage2" / "best.pt"), "--stage2-perception", str(longer / "stage1" / "ckpt.pt"), *common])
+    joined_state = torch.load(joined / "stage2" / "ckpt.pt", weights_only=False)["model"]
+    for name, value in joined_state.items():
+        source = moved if name in moved else best
+        assert torch.equal(value, source[name]), name
+
+
 def test_stage2_batch_sampling_refuses_tasks_it_cannot_sample():
     """A task that never yields a sequence (its objects are never kept) is an error, not an endless loop."""
     import random

@@ -54,7 +54,11 @@ class QueryWorker:
                 return False
             self._queue.append(job)
             self._cond.notify()
-            return True
+        # Hand the GIL over now: the caller is usually the executor thread, which would otherwise keep it for its
+        # next wait-set round while the woken worker waits. Measured through ROS (RESULTS.md): a cached follow-up's
+        # overhead over the engine's own time falls from ~1.4 to ~1.0 ms on the 2-core CPU VM.
+        time.sleep(0)
+        return True
 
     def abort_all(self) -> list[Job]:
         """Mark the running job aborted and take every waiting job out; the caller answers those."""

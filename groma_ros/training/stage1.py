@@ -10,6 +10,7 @@ against, and stage 2 can cache them (the trial found the LLM's pointing, not per
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -94,57 +95,56 @@ def detection_loss(trace: forward.ProposerTrace, targets: list[data.SceneTensors
     return {k: v / num for k, v in out.items()}
 
 
-@torch.no_grad()
-def proposal_recall(model: GromaForConditionalGeneration, n_scenes: int = 64, split: str = "val",
-                    batch: int = 16) -> dict[str, float]:
-    """Recall@0.5 of the NMS-kept regions (the model's own ``select_regions``) and the mean kept count."""
-    model.eval()
-    hits = total = kept = 0
-    seeds = list(split_seeds(split, n_scenes))
-    for s in range(0, len(seeds), batch):
-        items = [data.scene_tensors(generate_scene(seed), model.config.image_size) for seed in seeds[s:s + batch]]
-        states = forward.vision_states(model, data.stack_pixels(items).to(model.device))
-        trace = forward.propose(model, states)
-        for i, item in enumerate(items):
-            sel = model.select_regions(trace.boxes[i], trace.scores[i])
-            kept += len(sel.boxes)
-            iou = box_iou(cxcywh_to_xyxy(item.boxes), cxcywh_to_xyxy(sel.boxes.float().cpu()))
-            hits += int((iou.max(1).values >= 0.5).sum())
-            total += len(item.boxes)
-    model.train()
-    return {"recall@0.5": hits / max(1, total), "kept_per_image": kept / max(1, n_scenes)}
+ATTRIBUTES = ("color", "shape", "size")
+
+
+def object_region_features(model: GromaForConditionalGeneration, states: list[torch.Tensor],
+                           items: list[data.SceneTensors],
+                           boxes_of: Callable[[data.SceneTensors], torch.Tensor] = lambda t: t.boxes,
+                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Region features (before ``updims``) of every object of ``items`` (``states`` of exactly those images), at
+    ``boxes_of(item)`` (e.g. jittered ground truth), and the objects' attribute labels."""
+    maps = model.region_encoder.fuse(states, model.config.grid_size)
+    boxes = torch.cat([boxes_of(t) for t in items])
+    bidx = torch.cat([torch.full((len(t.boxes),), i, dtype=torch.long, device=boxes.device)
+                      for i, t in enumerate(items)])
+    labels = {name: torch.cat([getattr(t, name) for t in items]) for name in ATTRIBUTES}
+    return forward.region_features(model.region_encoder, maps, boxes, bidx), labels
 
 
 @torch.no_grad()
-def attribute_accuracy(model: GromaForConditionalGeneration, heads: Stage1Heads, n_scenes: int = 64,
-                       split: str = "val", batch: int = 16) -> dict[str, float]:
-    """Accuracy of the region attribute probe on exact ground-truth boxes: what region tokens can tell the LLM.
+def evaluate_perception(model: GromaForConditionalGeneration, heads: Stage1Heads, n_scenes: int = 64,
+                        split: str = "val", batch: int = 16) -> dict:
+    """Recall@0.5 of the NMS-kept regions (the model's own ``select_regions``), the mean kept count, and the
+    accuracy of the region attribute probe on exact ground-truth boxes (``attributes``).
 
-    Why: stage 2 freezes these features, so a shape they cannot tell apart stays wrong in every caption and
-    region-QA answer; ``shape_small`` isolates the hardest case (small shapes cover a few 8-px patches)."""
+    Why the probe: stage 2 freezes these features, so a shape they cannot tell apart stays wrong in every caption
+    and region-QA answer; ``shape_small`` isolates the hardest case (small shapes cover a few 8-px patches)."""
     model.eval()
+    hits = total = kept = small = 0
     right = {"color": 0, "shape": 0, "size": 0, "shape_small": 0}
-    total = small = 0
     seeds = list(split_seeds(split, n_scenes))
     for s in range(0, len(seeds), batch):
         items = [data.scene_tensors(generate_scene(seed), model.config.image_size).to(model.device)
                  for seed in seeds[s:s + batch]]
         states = forward.vision_states(model, data.stack_pixels(items))
-        maps = model.region_encoder.fuse(states, model.config.grid_size)
-        boxes = torch.cat([t.boxes for t in items])
-        bidx = torch.cat([torch.full((len(t.boxes),), i, dtype=torch.long, device=boxes.device)
-                          for i, t in enumerate(items)])
-        feats = forward.region_features(model.region_encoder, maps, boxes, bidx)
-        labels = {name: torch.cat([getattr(t, name) for t in items]) for name in ("color", "shape", "size")}
-        hits = {name: getattr(heads.region, name)(feats).argmax(1) == labels[name] for name in labels}
-        for name, hit in hits.items():
+        trace = forward.propose(model, states)
+        for i, item in enumerate(items):
+            sel = model.select_regions(trace.boxes[i], trace.scores[i])
+            kept += len(sel.boxes)
+            iou = box_iou(cxcywh_to_xyxy(item.boxes.cpu()), cxcywh_to_xyxy(sel.boxes.float().cpu()))
+            hits += int((iou.max(1).values >= 0.5).sum())
+            total += len(item.boxes)
+        feats, labels = object_region_features(model, states, items)
+        probe = {name: getattr(heads.region, name)(feats).argmax(1) == labels[name] for name in ATTRIBUTES}
+        for name, hit in probe.items():
             right[name] += int(hit.sum())
         is_small = labels["size"] == SMALL
-        right["shape_small"] += int(hits["shape"][is_small].sum())
-        total += len(boxes)
+        right["shape_small"] += int(probe["shape"][is_small].sum())
         small += int(is_small.sum())
     model.train()
-    return {name: n / max(1, small if name == "shape_small" else total) for name, n in right.items()}
+    attributes = {name: n / max(1, small if name == "shape_small" else total) for name, n in right.items()}
+    return {"recall@0.5": hits / max(1, total), "kept_per_image": kept / max(1, n_scenes), "attributes": attributes}
 
 
 def perception_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -211,13 +211,9 @@ def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1C
         losses = detection_loss(trace, items, cfg, heads)
         # region encoder: features of jittered GT boxes of the first images must name the attributes
         n_reg = min(cfg.region_aux_images, len(items))
-        maps = model.region_encoder.fuse([s[:n_reg] for s in states], model.config.grid_size)
-        boxes = torch.cat([jitter_boxes(t.boxes) for t in items[:n_reg]])
-        bidx = torch.cat([torch.full((len(t.boxes),), i, dtype=torch.long, device=device)
-                          for i, t in enumerate(items[:n_reg])])
-        feats = forward.region_features(model.region_encoder, maps, boxes, bidx)
-        labels = [torch.cat([getattr(t, name) for t in items[:n_reg]]) for name in ("color", "shape", "size")]
-        losses["region_attr"] = heads.region.loss(feats, *labels)
+        feats, labels = object_region_features(model, [s[:n_reg] for s in states], items[:n_reg],
+                                              lambda t: jitter_boxes(t.boxes))
+        losses["region_attr"] = heads.region.loss(feats, *(labels[name] for name in ATTRIBUTES))
         total = (cfg.loss_l1 * losses["l1"] + cfg.loss_giou * losses["giou"] + cfg.loss_class * losses["cls"]
                  + cfg.loss_attr * (losses["attr"] + losses["region_attr"]))
         opt.zero_grad(set_to_none=True)
@@ -236,14 +232,14 @@ def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1C
         if save_timer():
             save()
         if eval_timer():
-            metrics = {**proposal_recall(model), "attributes": attribute_accuracy(model, heads)}
+            metrics = evaluate_perception(model, heads)
             common.log_json(run_dir / "log.jsonl", {"stage": 1, "step": step, "eval": metrics})
             print(f"\nstage 1 step {step}: {metrics}", flush=True)
             if on_eval is not None:
                 on_eval(step, metrics)
     bar.close()
     save(done=True)
-    metrics = {**proposal_recall(model, n_scenes=200), "attributes": attribute_accuracy(model, heads, 200)}
+    metrics = evaluate_perception(model, heads, n_scenes=200)
     common.log_json(run_dir / "log.jsonl", {"stage": 1, "step": step, "final_eval": metrics})
     print(f"stage 1 done at step {step}: {metrics}", flush=True)
     return model

@@ -32,6 +32,14 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
 
 
+def require_checkpoint(path: Path, what: str) -> dict[str, Any]:
+    """``load_checkpoint`` for a checkpoint the run cannot go on without: a missing one names ``what`` and path."""
+    state = load_checkpoint(path)
+    if state is None:
+        raise FileNotFoundError(f"{what} missing: {path}")
+    return state
+
+
 def restore(state: dict[str, Any], modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
     """Resume from a ``save_checkpoint`` state: each module from its key, the optimizer, the RNGs."""
     for key, module in modules.items():

@@ -23,9 +23,7 @@ from .stage2 import export_model
 
 def export_checkpoint(checkpoint: Path, like: Path, out: Path) -> int | None:
     """Write ``checkpoint`` (a stage checkpoint with ``model``, or a bare state dict) to ``out``; returns its step."""
-    state = common.load_checkpoint(checkpoint)
-    if state is None:
-        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+    state = common.require_checkpoint(checkpoint, "checkpoint")
     model = GromaForConditionalGeneration.from_pretrained(like, dtype=torch.float32)
     model.load_state_dict(state["model"] if "model" in state else state)
     export_model(model, GromaTokenizer.from_pretrained(like), out)

@@ -175,9 +175,7 @@ def run_stage1(model: GromaForConditionalGeneration, run_dir: Path, cfg: Stage1C
     else:
         common.seed_everything(seed)
         if init is not None:
-            warm = common.load_checkpoint(init)
-            if warm is None:
-                raise FileNotFoundError(f"stage 1 init checkpoint missing: {init}")
+            warm = common.require_checkpoint(init, "stage 1 init checkpoint")
             model.load_state_dict(warm["model"])
             heads.load_state_dict(warm["heads"])
             scene_index = warm["scene_index"]  # continue on scenes the init run has not seen

@@ -110,17 +110,13 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
     out_dir = run_dir / "stage2"
     ckpt_path = out_dir / "ckpt.pt"
     device = model.device
-    s1 = common.load_checkpoint(init if init is not None else run_dir / "stage1" / "ckpt.pt")
-    if s1 is None:
-        raise FileNotFoundError(f"stage 1 checkpoint missing: {init or run_dir / 'stage1' / 'ckpt.pt'}")
+    s1 = common.require_checkpoint(init or run_dir / "stage1" / "ckpt.pt", "stage 1 checkpoint")
     model.load_state_dict(s1["model"] if "model" in s1 else s1)
     del s1
     if perception is not None:
         from .stage1 import perception_state
 
-        p1 = common.load_checkpoint(perception)
-        if p1 is None:
-            raise FileNotFoundError(f"stage 1 checkpoint missing: {perception}")
+        p1 = common.require_checkpoint(perception, "stage 1 checkpoint")
         model.load_state_dict(perception_state(p1["model"]), strict=False)
         del p1
     cache = cache_to(load_or_build_cache(model, out_dir / "cache.pt", s2.num_scenes), device)

@@ -116,8 +116,9 @@ class Peer:
             arrived = time.perf_counter()
             self.received.append((arrived, deserialize_message(data, GroundedAnswer)))
 
-        n.create_subscription(GroundedAnswer, f"{self.base}/answer", on_answer,
-                              QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE), raw=True)
+        self.answer_subscription = n.create_subscription(
+            GroundedAnswer, f"{self.base}/answer", on_answer,
+            QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE), raw=True)
         self.action = ActionClient(n, Ground, f"{self.base}/ground")
         self.change_state = n.create_client(ChangeState, f"{self.base}/change_state")
         self.get_state = n.create_client(GetState, f"{self.base}/get_state")
@@ -147,11 +148,14 @@ class Peer:
     def pause(self, seconds: float) -> None:
         self.spin_until(lambda: False, seconds)
 
+    def matched(self) -> bool:
+        """Our query publisher and answer subscription are matched with the node's endpoints (not just seen in
+        the graph: a reliable message sent before the match is lost)."""
+        return self.query.get_subscription_count() > 0 and self.answer_subscription.get_publisher_count() > 0
+
     def wait_active(self, timeout: float = 90.0, compressed: bool = False) -> bool:
         image = "/cam/image_raw/compressed" if compressed else "/cam/image_raw"
-        return self.spin_until(lambda: self.node.count_subscribers(f"{self.base}/query") > 0
-                               and self.node.count_subscribers(image) > 0
-                               and self.node.count_publishers(f"{self.base}/answer") > 0, timeout)
+        return self.spin_until(lambda: self.matched() and self.node.count_subscribers(image) > 0, timeout)
 
     def stamp_now(self, offset_s: float = 0.0) -> Any:
         from builtin_interfaces.msg import Time

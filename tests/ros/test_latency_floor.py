@@ -35,7 +35,7 @@ def test_echo_floor_answers_every_query(ros_context, tmp_path, mode):
 
 def test_delayed_echo_reports_its_work_time(ros_context, tmp_path):
     s = ros_latency.echo_series(5, ["--work-ms", "20"], "echo_test_work", tmp_path / "echo.log")
-    assert all(20.0 <= w < 200.0 for w in s["node"])  # it computed at least as long as asked, and said so
+    assert all(20.0 <= w < 2000.0 for w in s["node"])  # it computed at least as long as asked, and said so
     assert all(r > w for r, w in zip(s["rtt"], s["node"], strict=True))  # the round trip includes that time
     row = ros_latency.summarize("delayed", s)
     assert 0 < row["overhead_p50_ms"] < row["rtt_p50_ms"] - 20.0

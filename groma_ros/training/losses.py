@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
 
 from . import data
-from .recipe import PHRASE_POINTER_HEAD, Stage2Config
+from .recipe import EXISTS_POINTER_HEAD, PHRASE_POINTER_HEAD, Stage2Config
 from .sequences import Sequence, sequence_embeds
 
 
@@ -84,7 +84,10 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
       phrase (``<p>..</p>``), bringing the description to where the pointer query is formed;
     * ``pointer_layers`` head 0: that position attends to region K's token;
     * ``phrase_pointer_layers`` head ``PHRASE_POINTER_HEAD``: in a caption, the positions that write a phrase attend
-      to the region the phrase will be tied to (the phrase precedes its ``<rK>``).
+      to the region the phrase will be tied to (the phrase precedes its ``<rK>``);
+    * ``exists_pointer_layers`` head ``EXISTS_POINTER_HEAD``: the answer position of "is there a red circle?"
+      attends to the regions showing one (any of them), else to position 0; head 1 of ``gather_layers`` brings
+      it the colour and shape words.
     Loss: mean negative log attention weight on the targets. Also returns the pointer heads' argmax accuracy.
     """
     terms, hits = [], []
@@ -99,6 +102,14 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
             k = region_pos[torch.tensor([r for _, r in s.phrase_pointer], device=dev)]
             for layer in s2.phrase_pointer_layers:
                 terms.append(-(attentions[layer][b, PHRASE_POINTER_HEAD, q, k] + 1e-6).log())
+        if s.exists is not None and s2.exists_pointer_layers:
+            pos, regions, words = s.exists
+            keys = region_pos[torch.tensor(regions, device=dev)] if regions else torch.zeros(1, dtype=torch.long,
+                                                                                              device=dev)
+            for layer in s2.exists_pointer_layers:
+                terms.append(-(attentions[layer][b, EXISTS_POINTER_HEAD, pos, keys].sum() + 1e-6).log()[None])
+            for layer in s2.gather_layers:
+                terms.append(-(attentions[layer][b, 1, pos, torch.tensor(words, device=dev)] + 1e-6).log().mean()[None])
         if not s.pointer:
             continue
         q = torch.tensor([p for p, _ in s.pointer], device=dev)

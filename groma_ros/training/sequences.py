@@ -25,6 +25,7 @@ from .cache import SceneCache
 from .recipe import RELATION_TASK, Stage2Config
 
 _BINARY_RELATION = re.compile(rf"^the .+? (?:{'|'.join(RELATIONS)}) (the .+)$")
+_EXISTS_QUESTION = re.compile(r"^is there an? (\w+) (\w+)\?$")
 
 
 @dataclass
@@ -44,6 +45,9 @@ class Sequence:
     # Grounded captions: (position predicting a phrase token, region K the phrase is tied to), one per position from
     # the answer phrase's <p> to the token before its </p>, for phrases tied to exactly one region.
     phrase_pointer: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    # VQA "is there a <colour> <shape>?": (answer position, regions showing one, positions of the colour and shape
+    # words in the question); no regions = the answer is "no" (the position then targets the sink, position 0).
+    exists: tuple[int, list[int], list[int]] | None = None
 
     def to(self, device: torch.device | str) -> Sequence:
         """The tensors the forward reads on ``device`` (built on the CPU: region selection there is cheaper)."""
@@ -152,8 +156,45 @@ def make_sequence(scene: SceneCache, samples, task: str, encoder: data.PromptEnc
         anchor_np = _BINARY_RELATION.match(sample.query).group(1)
         split = anchor_phrase_start(ids, encoder.tok, len(anchor_np.split()), t)
     phrase_pointer = answer_phrase_pointers(ids, start, pointer, t) if sample.task == "grounded_caption" else []
+    exists = exists_targets(sample, scene_obj, obj_to_region, ids, start, encoder.tok) if s2.exists_pointer_layers \
+        else None
     return Sequence(ids_t, weights, rows, torch.tensor([int(rows[k]) for k in refer_regions], dtype=torch.long),
-                    pointer, scene, region_attrs, kept.float(), anchors, split, phrase_pointer)
+                    pointer, scene, region_attrs, kept.float(), anchors, split, phrase_pointer, exists)
+
+
+def exists_targets(sample: TextSample, scene: Scene | None, obj_to_region: dict[int, int], ids: list[int],
+                   start: int, tokenizer) -> tuple[int, list[int], list[int]] | None:
+    """``Sequence.exists`` of a VQA existence sample (None for other samples, or when an object that answers
+    "yes" has no kept region, so the regions the question is about are not all visible)."""
+    m = _EXISTS_QUESTION.match(sample.query) if sample.task == "vqa" and sample.kind == "exists" else None
+    if m is None or scene is None:
+        return None
+    color, shape = m.groups()
+    objects = [j for j, o in enumerate(scene.objects) if o.color == color and o.shape == shape]
+    if (sample.answer == "yes") != bool(objects) or not set(objects) <= set(obj_to_region):
+        return None
+    words = question_word_positions(ids[:start], tokenizer, [color, shape])
+    if not words:
+        return None
+    first = start  # the answer's first word piece (a lone "▁" space piece carries no answer yet)
+    while first < len(ids) - 1 and tokenizer.convert_ids_to_tokens([ids[first]])[0] == "▁":
+        first += 1
+    return first - 1, sorted({obj_to_region[j] for j in objects}), words
+
+
+def question_word_positions(prompt: list[int], tokenizer, words: list[str]) -> list[int]:
+    """Positions of the tokens of the last occurrence of consecutive ``words`` in ``prompt`` (SentencePiece: a
+    word starts at every "▁" piece); [] when absent."""
+    pieces = tokenizer.convert_ids_to_tokens(prompt)
+    starts = [i for i, piece in enumerate(pieces) if piece.startswith("▁")] + [len(pieces)]
+    spans = list(zip(starts, starts[1:], strict=False))
+    text = ["".join(pieces[a:b]).lstrip("▁").rstrip("?.,").lower() for a, b in spans]
+    for w in range(len(spans) - len(words), -1, -1):
+        if text[w:w + len(words)] == words:
+            a, b = spans[w][0], spans[w + len(words) - 1][1]
+            tail = pieces[b - 1]
+            return list(range(a, b - 1 if tail in ("?", ".", ",") else b))
+    return []
 
 
 def answer_phrase_pointers(ids: list[int], start: int, pointer: list[tuple[int, int]], t) -> list[tuple[int, int]]:

@@ -1,5 +1,6 @@
 """Relation-focused stage-2 options: phrase split of binary relations, anchor-phrase gathering, relational task
-weight, captions in region order, caption phrases pointing at their region."""
+weight, captions in region order, caption phrases pointing at their region, existence questions pointing at the
+regions they ask about."""
 
 from __future__ import annotations
 
@@ -201,6 +202,61 @@ def test_caption_phrase_positions_point_at_the_region_their_roi_names(model, tok
     refer = sequences.make_sequence(scene_caches[0], generate_samples(data.train_scene(scene_caches[0].index)),
                                     "refer", enc, model.config, Stage2Config(), random.Random(0))
     assert refer is None or refer.phrase_pointer == []
+
+
+def test_existence_answer_points_at_the_asked_regions_or_the_sink(model, tokenizer, scene_caches):
+    """"is there a red circle?": the answer position targets exactly the kept regions showing a red circle ("yes"),
+    or nothing (position 0, "no"); its gather targets are the colour and shape words; the loss prefers attending
+    there and is not computed when the option is off or for other questions."""
+    enc, t = data.PromptEncoder(tokenizer), model.config.token_ids
+    s2 = Stage2Config(pointer_layers=(), gather_layers=(1,), exists_pointer_layers=(2,))
+    seen = {"yes": 0, "no": 0}
+    for sc in scene_caches:
+        scene = data.train_scene(sc.index)
+        for sample in generate_samples(scene):
+            if sample.kind != "exists":
+                continue
+            seq = sequences.make_sequence(sc, None, "vqa", enc, model.config, s2, random.Random(3), sample=sample,
+                                          scene_obj=scene)
+            if seq is None:
+                continue
+            pos, regions, words = seq.exists
+            ids = seq.ids.tolist()
+            first = tokenizer.decode(ids[pos + 1:pos + 2]).strip()  # pos predicts the answer's first piece
+            assert first and sample.answer.startswith(first) and seq.weights[pos + 1] == 1
+            color, shape = re.match(r"is there an? (\w+) (\w+)\?", sample.query).groups()
+            assert tokenizer.decode([ids[w] for w in words]).strip() == f"{color} {shape}"
+            asked = [o for o in scene.objects if (o.color, o.shape) == (color, shape)]
+            assert (sample.answer == "yes") == bool(regions) and len(regions) <= len(asked)
+            q = len(sc.boxes) - sc.num_objects
+            for k in regions:  # each target region is the kept box of one asked object
+                kept_box = seq.region_boxes[k]
+                assert any(torch.allclose(kept_box, sc.boxes[q + j].float())
+                           for j, o in enumerate(scene.objects) if (o.color, o.shape) == (color, shape))
+            region_pos = torch.nonzero(seq.ids == t.region).flatten()
+            targets = region_pos[regions].tolist() if regions else [0]
+            n = len(ids)
+            right, wrong = (torch.full((1, 6, n, n), 1.0 / n) for _ in range(2))
+            right[0, losses.EXISTS_POINTER_HEAD, pos] = 0.0
+            right[0, losses.EXISTS_POINTER_HEAD, pos, targets] = 1.0 / len(targets)
+            right[0, 1, pos] = 0.0
+            right[0, 1, pos, words] = 1.0 / len(words)
+            other = next((int(r) for r in region_pos if int(r) not in targets), pos)  # else: itself
+            wrong[0, losses.EXISTS_POINTER_HEAD, pos] = 0.0
+            wrong[0, losses.EXISTS_POINTER_HEAD, pos, other] = 1.0
+            on = {name: float(losses.attention_losses([m] * 4, [seq], t, s2)[0]) for name, m in
+                  (("right", right), ("wrong", wrong))}
+            assert on["right"] + 1.0 < on["wrong"]
+            off = Stage2Config(pointer_layers=(), gather_layers=(1,))
+            seq_off = sequences.make_sequence(sc, None, "vqa", enc, model.config, off, random.Random(3),
+                                              sample=sample, scene_obj=scene)
+            assert seq_off.exists is None
+            seen[sample.answer] += 1
+    assert seen["yes"] >= 3 and seen["no"] >= 3
+    count = next(s for s in generate_samples(data.train_scene(scene_caches[0].index)) if s.kind == "count")
+    seq = sequences.make_sequence(scene_caches[0], None, "vqa", enc, model.config, s2, random.Random(0), sample=count,
+                                  scene_obj=data.train_scene(scene_caches[0].index))
+    assert seq is not None and seq.exists is None
 
 
 def test_unknown_caption_order_is_refused():

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
 
 from . import data
-from .recipe import EXISTS_POINTER_HEAD, PHRASE_POINTER_HEAD, Stage2Config
+from .recipe import PHRASE_POINTER_HEAD, Stage2Config
 from .sequences import Sequence, sequence_embeds
 
 
@@ -85,7 +85,7 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
     * ``pointer_layers`` head 0: that position attends to region K's token;
     * ``phrase_pointer_layers`` head ``PHRASE_POINTER_HEAD``: in a caption, the positions that write a phrase attend
       to the region the phrase will be tied to (the phrase precedes its ``<rK>``);
-    * ``exists_pointer_layers`` head ``EXISTS_POINTER_HEAD``: the answer position of "is there a red circle?"
+    * ``exists_pointer_layers`` head ``exists_pointer_head``: the answer position of "is there a red circle?"
       attends to the regions showing one (any of them), else to position 0; head 1 of ``gather_layers`` brings
       it the colour and shape words.
     Loss: mean negative log attention weight on the targets. Also returns the pointer heads' argmax accuracy.
@@ -107,7 +107,7 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
             keys = region_pos[torch.tensor(regions, device=dev)] if regions else torch.zeros(1, dtype=torch.long,
                                                                                               device=dev)
             for layer in s2.exists_pointer_layers:
-                terms.append(-(attentions[layer][b, EXISTS_POINTER_HEAD, pos, keys].sum() + 1e-6).log()[None])
+                terms.append(-(attentions[layer][b, s2.exists_pointer_head, pos, keys].sum() + 1e-6).log()[None])
             for layer in s2.gather_layers:
                 terms.append(-(attentions[layer][b, 1, pos, torch.tensor(words, device=dev)] + 1e-6).log().mean()[None])
         if not s.pointer:

@@ -97,11 +97,12 @@ class Stage2Config:
     # *before* its <rK>, so naming the object means finding the next region first; 13 of 29 caption errors on 80
     # val scenes were objects whose shape region QA read right. [1, 2] in the shipped weights' last run (cpu8).
     phrase_pointer_layers: tuple[int, ...] = ()
-    # head ``EXISTS_POINTER_HEAD`` of these: the position that answers "is there a red circle?" attends to the
+    # head ``exists_pointer_head`` of these: the position that answers "is there a red circle?" attends to the
     # regions showing a red circle, or to the first token (a "nothing" sink) when there is none; head 1 of
     # ``gather_layers`` brings the colour and shape words there. Why: trained on the answer word alone, the LLM
     # said "yes" to 235 of 240 such questions (50 % accuracy), though REC finds the same phrases 99 % of the time.
     exists_pointer_layers: tuple[int, ...] = ()
+    exists_pointer_head: int = EXISTS_POINTER_HEAD  # 0 = share the REC pointer head (already a phrase-region matcher)
     align_weight: float = 0.5  # region token vs the word embeddings of its colour/shape/size + box regression
     position_weight: float = 0.0  # region token vs "leftmost"/... embeddings, linear in its position (losses.py)
     curriculum_steps: int = 1500  # first steps: scenes with <= curriculum_objects objects

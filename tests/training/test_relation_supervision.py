@@ -237,13 +237,13 @@ def test_existence_answer_points_at_the_asked_regions_or_the_sink(model, tokeniz
             targets = region_pos[regions].tolist() if regions else [0]
             n = len(ids)
             right, wrong = (torch.full((1, 6, n, n), 1.0 / n) for _ in range(2))
-            right[0, losses.EXISTS_POINTER_HEAD, pos] = 0.0
-            right[0, losses.EXISTS_POINTER_HEAD, pos, targets] = 1.0 / len(targets)
+            right[0, s2.exists_pointer_head, pos] = 0.0
+            right[0, s2.exists_pointer_head, pos, targets] = 1.0 / len(targets)
             right[0, 1, pos] = 0.0
             right[0, 1, pos, words] = 1.0 / len(words)
             other = next((int(r) for r in region_pos if int(r) not in targets), pos)  # else: itself
-            wrong[0, losses.EXISTS_POINTER_HEAD, pos] = 0.0
-            wrong[0, losses.EXISTS_POINTER_HEAD, pos, other] = 1.0
+            wrong[0, s2.exists_pointer_head, pos] = 0.0
+            wrong[0, s2.exists_pointer_head, pos, other] = 1.0
             on = {name: float(losses.attention_losses([m] * 4, [seq], t, s2)[0]) for name, m in
                   (("right", right), ("wrong", wrong))}
             assert on["right"] + 1.0 < on["wrong"]

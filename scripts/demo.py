@@ -40,17 +40,19 @@ STATUS = {v: k for k, v in vars(GroundedAnswer).items() if k.isupper() and k in
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def spoken_commands(scene) -> list[tuple[str, list[int]]]:
-    """What a person might say about this scene, with the objects a correct answer grounds."""
-    commands: list[tuple[str, list[int]]] = []
+def spoken_commands(scene) -> list[tuple[str, list[int], str]]:
+    """What a person might say about this scene, with the objects a correct answer grounds and, for questions, the
+    correct answer."""
+    commands: list[tuple[str, list[int], str]] = []
     refers = [s for s in generate_samples(scene) if s.task == "refer" and s.kind == "attribute"]
     verbs = ["pick up", "where is", "grab", "point to"]
     for verb, sample in zip(verbs, refers[:3], strict=False):
         text = f"{verb} {sample.query}" + ("?" if verb == "where is" else "")
-        commands.append((text, list(sample.answer_objects[0])))
-    commands.append(("describe what you see", list(range(len(scene.objects)))))
-    shape = scene.objects[0].shape
-    commands.append((f"how many {shape}s are there?", []))
+        commands.append((text, list(sample.answer_objects[0]), ""))
+    commands.append(("describe what you see", list(range(len(scene.objects))), ""))
+    exists = [s for s in generate_samples(scene) if s.task == "vqa" and s.kind == "exists"]
+    for answer in ("yes", "no"):  # one object that is there, one near miss that is not
+        commands += [(s.query, [], s.answer) for s in exists if s.answer == answer][:1]
     return commands
 
 
@@ -118,9 +120,9 @@ def main() -> int:
             spin_for(0.5)
             print(f"\n[demo] scene {n} (seed {seed}, {args.size}x{args.size} px): "
                   + ", ".join(f"{o.size} {o.color} {o.shape}" for o in scene.objects))
-            for k, (text, truth) in enumerate(spoken_commands(scene)):
+            for k, (text, truth, expected) in enumerate(spoken_commands(scene)):
                 before, before_dbg = len(answers), len(debug_images)
-                print(f'  speech  -> "{text}"')
+                print(f'  speech  -> "{text}"' + (f"   (correct answer: {expected})" if expected else ""))
                 speech.publish(String(data=text))
                 if not spin_for(60, lambda before=before: len(answers) > before):
                     print("  (no answer within 60 s)")

@@ -101,6 +101,7 @@ class Stage2Config:
     # regions showing a red circle, or to the first token (a "nothing" sink) when there is none; head 1 of
     # ``gather_layers`` brings the colour and shape words there. Why: trained on the answer word alone, the LLM
     # said "yes" to 235 of 240 such questions (50 % accuracy), though REC finds the same phrases 99 % of the time.
+    # [2, 3] with head 0 in the shipped weights' last run (v2b): existence 92 % on test; a fresh head (5) was slow.
     exists_pointer_layers: tuple[int, ...] = ()
     exists_pointer_head: int = EXISTS_POINTER_HEAD  # 0 = share the REC pointer head (already a phrase-region matcher)
     align_weight: float = 0.5  # region token vs the word embeddings of its colour/shape/size + box regression

@@ -52,10 +52,14 @@ def test_default_model_loads_in_released_format():
 
 
 @pytest.fixture(scope="module")
-def summary():
+def engine():
+    return GromaEngine.from_pretrained(None, num_threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def summary(engine):
     from groma_ros.evaluate import evaluate
 
-    engine = GromaEngine.from_pretrained(None, num_threads=1, progress=False)
     return evaluate(engine, "test", SCENES, max_per_task=6, progress=False).summary()
 
 
@@ -65,11 +69,10 @@ def test_default_model_reaches_floor(summary, key):
     assert summary[key] >= FLOORS[key], f"{key} = {summary[key]:.3f} < {FLOORS[key]}"
 
 
-def test_default_model_answers_existence_questions():
+def test_default_model_answers_existence_questions(engine):
     """Both answers occur: half of the questions ask about a colour+shape that is absent (a near miss)."""
     from groma_ros.evaluate import evaluate
 
-    engine = GromaEngine.from_pretrained(None, num_threads=1, progress=False)
     acc = evaluate(engine, "test", SCENES, tasks=("vqa",), progress=False)
     exists = acc.qa["vqa"]["exists"]
     assert len(exists) >= 200

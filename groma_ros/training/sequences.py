@@ -81,9 +81,13 @@ def anchor_phrase_start(ids: list[int], tokenizer, anchor_words: int, t) -> int 
         end = ids.index(t.by_name("</p>"), start)
     except ValueError:
         return None
-    pieces = tokenizer.convert_ids_to_tokens(ids[start + 1:end])
-    word_starts = [start + 1 + i for i, piece in enumerate(pieces) if i == 0 or piece.startswith("▁")]
+    word_starts = [start + 1 + i for i in _word_starts(tokenizer.convert_ids_to_tokens(ids[start + 1:end]))]
     return word_starts[-anchor_words] if 0 < anchor_words < len(word_starts) else None
+
+
+def _word_starts(pieces: list[str]) -> list[int]:
+    """Indices of the pieces that start a word: the first, and every "▁" piece (pieces never span a space)."""
+    return [i for i, piece in enumerate(pieces) if i == 0 or piece.startswith("▁")]
 
 
 def select(scene: SceneCache, cfg, user_row: int | None,
@@ -183,10 +187,9 @@ def exists_targets(sample: TextSample, scene: Scene | None, obj_to_region: dict[
 
 
 def question_word_positions(prompt: list[int], tokenizer, words: list[str]) -> list[int]:
-    """Positions of the tokens of the last occurrence of consecutive ``words`` in ``prompt`` (SentencePiece: a
-    word starts at every "▁" piece); [] when absent."""
+    """Positions of the tokens of the last occurrence of consecutive ``words`` in ``prompt``; [] when absent."""
     pieces = tokenizer.convert_ids_to_tokens(prompt)
-    starts = [i for i, piece in enumerate(pieces) if piece.startswith("▁")] + [len(pieces)]
+    starts = _word_starts(pieces) + [len(pieces)]
     spans = list(zip(starts, starts[1:], strict=False))
     text = ["".join(pieces[a:b]).lstrip("▁").rstrip("?.,").lower() for a, b in spans]
     for w in range(len(spans) - len(words), -1, -1):

@@ -46,6 +46,7 @@ class Status(enum.IntEnum):
     BUSY = 4
     CANCELED = 5
     MODEL_ERROR = 6
+    NO_CONVERSATION = 7
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,9 @@ def main() -> int:
     code = 0
     try:
         print("[demo] waiting for the node to load the model and activate ...")
-        if not spin_for(120, lambda: peer.count_subscribers("/groma/query") > 0):
+        # the query topic exists from the node's start; the camera subscription appears once it is active
+        if not spin_for(120, lambda: peer.count_subscribers("/demo_camera/image_raw") > 0
+                        and peer.count_subscribers("/groma/query") > 0):
             raise RuntimeError(f"the node did not become active in 120 s; see {node_log}")
         config = SceneConfig(image_size=args.size, min_objects=3, max_objects=5)
         for n, seed in enumerate(split_seeds("test", args.scenes)):

@@ -14,6 +14,8 @@ def test_every_parameter_is_in_the_readme_table_with_its_default():
     for spec in SPECS:
         default = str(spec.default).lower() if isinstance(spec.default, bool) else spec.default
         shown = '""' if default == "" else str(default)
+        if isinstance(spec.default, list):
+            shown = "[" + ", ".join(f'"{v}"' for v in spec.default) + "]"
         assert f"| `{spec.name}` | `{shown}` |" in README, spec.name
 
 

@@ -548,8 +548,15 @@ class GromaEngine:
                                    expression=built.expression)
         answer.text = parsed.text
         answer.warnings = list(parsed.warnings)
+        # grounding confidence of region k: the probability of its first <rk> in the answer
+        region_prob: dict[int, float] = {}
+        for token, prob in zip(trace.generation.token_ids, trace.generation.token_probs, strict=True):
+            k = self._ids.region_of(token)
+            if k is not None:
+                region_prob.setdefault(k, prob)
         answer.items = [
             GroundedItem(phrase=it.phrase, start=it.start, end=it.end,
-                         regions=tuple(state.regions[k] for k in it.region_indices))
+                         regions=tuple(state.regions[k] for k in it.region_indices),
+                         grounding=tuple(region_prob.get(k, 0.0) for k in it.region_indices))
             for it in parsed.items
         ]

@@ -24,6 +24,7 @@ class GenerationOutput:
     """What the loop produced. ``token_ids`` excludes the stop token."""
 
     token_ids: list[int] = field(default_factory=list)
+    token_probs: list[float] = field(default_factory=list)  # softmax probability of each kept token when chosen
     stopped_on_eos: bool = False
     canceled: bool = False
     step_logits: list[torch.Tensor] = field(default_factory=list)  # only with keep_logits=True
@@ -60,11 +61,13 @@ def greedy_decode(
             break
         if keep_logits:
             out.step_logits.append(logits.detach().float().cpu())
-        token = int(torch.argmax(logits.reshape(-1)))
+        flat = logits.reshape(-1)
+        token = int(torch.argmax(flat))
         if token == eos_token_id:
             out.stopped_on_eos = True
             break
         out.token_ids.append(token)
+        out.token_probs.append(float(torch.exp(flat[token].float() - torch.logsumexp(flat.float(), 0))))
         if on_token is not None:
             on_token(token)
         if len(out.token_ids) >= max_new_tokens:

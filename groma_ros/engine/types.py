@@ -71,6 +71,7 @@ class GroundedItem:
     start: int
     end: int
     regions: tuple[Region, ...]
+    grounding: tuple[float, ...] = ()  # per region: probability the LLM gave its <rN> token (empty: no LLM)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 from groma_ros.engine.types import Answer
 from groma_ros.ros import messages
 from groma_ros.ros.depth import CameraIntrinsics, box_to_depth_box, depth_to_meters, lift_box
-from groma_ros.ros.frame_buffer import StampedBuffer, stamp_to_ns
+from groma_ros.ros.frame_buffer import FrameBuffer, stamp_to_ns
 
 Point3 = tuple[float, float, float]
 
@@ -32,22 +32,52 @@ class Lifted:
     points: list[Point3 | None] | None = None
 
 
-class DepthLifter:
-    """Buffers depth frames and camera infos; lifts an answer's boxes on request."""
+class TransformSource:
+    """One tf2 buffer + listener for the whole node, created the first time a target frame is asked for.
 
-    def __init__(self, node: Any, buffer_size: int, max_stamp_diff_s: float, target_frame: str,
-                 tf_timeout_s: float, warn_once: Callable[[str, str], None]) -> None:
-        self.depths: StampedBuffer[Any] = StampedBuffer(buffer_size)
+    tf2_ros is optional at run time: without it 3-D outputs stay in the camera optical frame (warned once).
+    """
+
+    def __init__(self, node: Any, warn_once: Callable[[str, str], None]) -> None:
+        self._node = node
+        self._warn_once = warn_once
+        self._buffer: Any = None
+        self._listener: Any = None
+
+    def buffer(self, target_frame: str) -> Any:
+        """The tf2 buffer, or None when no target frame is set or tf2_ros is missing."""
+        if not target_frame:
+            return None
+        if self._buffer is None:
+            try:
+                import tf2_geometry_msgs  # noqa: F401  (registers PointStamped transforms)
+                import tf2_ros
+            except ImportError:
+                self._warn_once("tf", f"target_frame={target_frame!r} but tf2_ros is not importable: 3-D "
+                                      "outputs stay in the camera optical frame")
+                return None
+            self._buffer = tf2_ros.Buffer()
+            self._listener = tf2_ros.TransformListener(self._buffer, self._node)
+        return self._buffer
+
+
+class DepthLifter:
+    """One camera's depth frames and camera infos; lifts an answer's boxes on request.
+
+    ``max_stamp_diff_s``, ``target_frame`` and ``tf_timeout_s`` are plain attributes: the node changes them
+    at run time and the next ``lift`` uses the new values.
+    """
+
+    def __init__(self, buffer_size: int, max_stamp_diff_s: float, target_frame: str, tf_timeout_s: float,
+                 warn_once: Callable[[str, str], None], transforms: TransformSource | None = None) -> None:
+        self.depths: FrameBuffer[Any] = FrameBuffer(buffer_size)
         self.depth_info: Any = None
         self.camera_info: Any = None
         self.max_stamp_diff_s = max_stamp_diff_s
         self.target_frame = target_frame
         self.tf_timeout_s = tf_timeout_s
         self._warn_once = warn_once
-        self._tf_buffer = None
-        self._tf_listener = None
-        if target_frame:
-            self._setup_tf(node)
+        self._transforms = transforms
 
     def on_depth(self, msg: Any) -> None:
         self.depths.put(stamp_to_ns(msg.header.stamp), msg)
@@ -69,7 +99,7 @@ class DepthLifter:
             self._warn_once("depth", "3-D lifting skipped: no depth frame within "
                                      f"{self.max_stamp_diff_s} s of the image or no depth camera_info yet")
             return None
-        depth_msg = found[1]
+        depth_msg = found.msg
         depth_m = depth_to_meters(depth_msg)
         intrinsics = CameraIntrinsics.from_camera_info(info)
         dh, dw = depth_m.shape
@@ -90,22 +120,15 @@ class DepthLifter:
         return result
 
     # -------------------------------------------------------------- TF (optional at run time)
-    def _setup_tf(self, node: Any) -> None:
-        try:
-            import tf2_geometry_msgs  # noqa: F401  (registers PointStamped transforms)
-            import tf2_ros
-        except ImportError:
-            self._warn_once("tf", f"target_frame={self.target_frame!r} but tf2_ros is not importable: 3-D "
-                                  "outputs stay in the camera optical frame")
-            return
-        self._tf_buffer = tf2_ros.Buffer()
-        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, node)
+    def _tf_buffer(self) -> Any:
+        return self._transforms.buffer(self.target_frame) if self._transforms is not None else None
 
     def _output_frame(self, frame: str) -> str:
-        return self.target_frame if (self.target_frame and self._tf_buffer is not None) else frame
+        return self.target_frame if (self.target_frame and self._tf_buffer() is not None) else frame
 
     def _to_output_frame(self, point: Point3, frame: str, stamp: Any) -> Point3:
-        if self._tf_buffer is None or not self.target_frame or self.target_frame == frame:
+        tf_buffer = self._tf_buffer()
+        if tf_buffer is None or self.target_frame == frame:
             return point
         from geometry_msgs.msg import PointStamped
         from rclpy.duration import Duration
@@ -113,5 +136,5 @@ class DepthLifter:
         stamped = PointStamped()
         stamped.header.frame_id, stamped.header.stamp = frame, stamp
         stamped.point.x, stamped.point.y, stamped.point.z = point
-        out = self._tf_buffer.transform(stamped, self.target_frame, timeout=Duration(seconds=self.tf_timeout_s))
+        out = tf_buffer.transform(stamped, self.target_frame, timeout=Duration(seconds=self.tf_timeout_s))
         return (out.point.x, out.point.y, out.point.z)

@@ -1,16 +1,23 @@
-"""The Groma lifecycle node: camera frames and spoken queries in, grounded answers out.
+"""The Groma lifecycle node: camera frames and spoken queries in, grounded answers out, for every camera of a robot.
 
-configure = validate parameters, create publishers and the action server; activate = load the model
-and subscribe; deactivate = unsubscribe, answer pending queries CANCELED and free the model;
-cleanup/shutdown = release everything. Camera callbacks only store messages; a worker thread runs
-the model, so callbacks never block. Every query gets exactly one ``GroundedAnswer``.
+Life of the node (the ROS 2 managed-node convention):
+
+* start: parameters declared; query intake (``~/query``, ``~/<camera>/query``, the ``~/ground`` action) and every
+  output exist from here to shutdown, so a query sent in any state gets its one answer (``MODEL_ERROR`` "not
+  active" outside the active state);
+* configure: validate parameters and load the model (a load failure fails the transition with the reason);
+* activate: subscribe to the cameras and serve; deactivate: unsubscribe, answer waiting and running queries
+  ``CANCELED``, keep the model (activating again costs milliseconds, not a reload);
+* cleanup: free the model and every buffer; shutdown: the same from any state.
+
+Camera callbacks only store messages; one worker thread runs the model for every camera (one model in memory),
+so callbacks never block and every query gets exactly one ``GroundedAnswer``.
 """
 
 from __future__ import annotations
 
 import gc
 import itertools
-import math
 import os
 import queue
 import sys
@@ -18,18 +25,18 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
@@ -37,36 +44,36 @@ from visualization_msgs.msg import MarkerArray
 
 from groma_ros.action import Ground
 from groma_ros.drawing import draw_grounding
-from groma_ros.engine.types import Answer, BoxXYXY, Status, Task
+from groma_ros.engine.types import Answer, Status, Task
 from groma_ros.msg import GroundedAnswer, GroundedDetection3DArray, GroundedDetectionArray
 from groma_ros.ros import messages
-from groma_ros.ros.frame_buffer import StampedBuffer, stamp_to_ns
+from groma_ros.ros.camera import CameraInput
+from groma_ros.ros.frame_buffer import Frame, stamp_to_ns
 from groma_ros.ros.image_codec import ImageConversionError, compressed_to_rgb8, cv2_to_imgmsg, imgmsg_to_rgb8
-from groma_ros.ros.lifting import DepthLifter, Lifted
+from groma_ros.ros.lifting import DepthLifter, Lifted, TransformSource
 from groma_ros.ros.markers import detections_to_marker_array
-from groma_ros.ros.params import SPECS, NodeParams, ParamSpec, validate_one
+from groma_ros.ros.params import (
+    ALL_CAMERAS,
+    CAMERA_OVERRIDES,
+    SPEC_BY_NAME,
+    SPECS,
+    CameraSettings,
+    NodeParams,
+    camera_name_problem,
+    descriptor,
+    validate_one,
+)
+from groma_ros.ros.requests import Rejected, Request, goal_boxes, request_problem
 from groma_ros.ros.worker import Job, QueryWorker
 
-MAX_QUERY_CHARS = 2000
-RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-@dataclass
-class Request:
-    """A query as the node handles it, whichever interface it came from."""
-
-    query_id: str
-    query: str
-    task: int
-    boxes: list[BoxXYXY] = field(default_factory=list)
-    image_stamp_ns: int = 0  # 0 = newest frame
-    score_threshold: float = 0.0
-    max_new_tokens: int = 0
-    lift_3d: bool = False
-    on_progress: Callable[[int, str], None] | None = None  # (stage, partial text) → action feedback
-    cancel_requested: Callable[[], bool] = lambda: False
+# Query intake and answers keep every message (KEEP_ALL, reliable): a burst is queued by DDS, never dropped, and a
+# slow answer subscriber cannot lose an answer. Clients need a publisher/subscription history as deep as their
+# bursts (README, "Guarantees").
+INTAKE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+ANSWER_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+RESULTS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+DEBUG_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+DEACTIVATE_WAIT_S = 30.0
 
 
 @dataclass
@@ -75,9 +82,18 @@ class Outcome:
 
     answer: Answer | None
     header: Header
+    camera: str = ""
     rgb: Any = None
     lifted: Lifted | None = None
     aborted_before_start: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """One frame a job will answer on."""
+
+    camera: CameraInput
+    frame: Frame[Any]
 
 
 class GromaNode(LifecycleNode):
@@ -87,87 +103,123 @@ class GromaNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self._param_problems: list[str] = []
         for spec in SPECS:
-            try:
-                self.declare_parameter(spec.name, spec.default, _descriptor(spec))
-            except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
-                # An out-of-range override must fail configure with a clear log, not crash the process.
-                self._param_problems.append(f"{spec.name}: {exc}")
-                self.declare_parameter(spec.name, spec.default, _descriptor(spec), ignore_override=True)
+            self._declare(spec.name, spec.default, descriptor(spec))
+        self._declare_camera_overrides(self._declared_cameras())
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.params: NodeParams | None = None
         self.engine: Any = None
         self.worker: QueryWorker | None = None
+        self.cameras: dict[str, CameraInput] = {}
         self._active = False
         self._ids = itertools.count(1)
         self._camera_group = MutuallyExclusiveCallbackGroup()
         self._query_group = ReentrantCallbackGroup()
-        self._subscriptions_: list[Any] = []
-        self._publishers_: dict[str, Any] = {}
-        self._action_server: ActionServer | None = None
-        self._diag_timer = None
-        self.lifter: DepthLifter | None = None
+        self._camera_subscriptions: list[Any] = []
         self._warned: set[str] = set()
-        self.images: StampedBuffer[Any] = StampedBuffer(8)
         self._stats = {"answered": 0, "busy": 0, "errors": 0, "last_total_ms": 0.0, "last_encode_ms": 0.0,
                        "last_generate_ms": 0.0}
         self._stats_lock = threading.Lock()
         self._model_error = ""
-        self._last_decoded: tuple[tuple, Any] | None = None  # (frame key, rgb): follow-ups skip the decode
+        self._last_decoded: tuple[tuple[str, int], Any] | None = None  # follow-ups on a frame skip the decode
+        self._transforms = TransformSource(self, self._warn_once)
         # Action goals await their answer: the worker queues it and triggers this guard condition, whose callback
         # runs on the executor thread (rclpy futures are not meant to be completed from other threads).
         self._completions: queue.SimpleQueue[tuple[Future, GroundedAnswer]] = queue.SimpleQueue()
         self._completion_guard = self.create_guard_condition(self._complete_goals)
+        self._publishers_ = self._create_outputs()
+        self._query_topics: dict[str, Any] = {}
+        self._open_query_intake(self._declared_cameras())
+        services = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+        self._action_server = ActionServer(
+            self, Ground, "~/ground", execute_callback=self._execute_goal, callback_group=self._query_group,
+            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=lambda goal: CancelResponse.ACCEPT,
+            goal_service_qos_profile=services, result_service_qos_profile=services,
+            cancel_service_qos_profile=services, feedback_pub_qos_profile=QoSProfile(depth=100))
+        self._diag_period = float(self.get_parameter("diagnostics_period_s").value)
+        self._diag_timer = self.create_timer(self._diag_period, self._publish_diagnostics,
+                                             callback_group=self._camera_group)
+
+    # ------------------------------------------------------------------ start-up (node life)
+    def _declare(self, name: str, default: Any, desc: Any) -> None:
+        try:
+            self.declare_parameter(name, default, desc)
+        except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
+            # An out-of-range override must fail configure with a clear log, not crash the process.
+            self._param_problems.append(f"{name}: {exc}")
+            self.declare_parameter(name, default, desc, ignore_override=True)
+
+    def _declared_cameras(self) -> list[str]:
+        names = list(self.get_parameter("cameras").value or [])
+        return names if camera_name_problem(names) is None else [""]
+
+    def _declare_camera_overrides(self, names: list[str]) -> None:
+        """``<camera>.image_transport`` / ``<camera>.use_depth`` for each named camera, defaulting to the globals."""
+        for name in names:
+            for key in CAMERA_OVERRIDES if name else ():
+                full = f"{name}.{key}"
+                if not self.has_parameter(full):
+                    spec = replace(SPEC_BY_NAME[key], name=full, default=self.get_parameter(key).value,
+                                   description=f"{SPEC_BY_NAME[key].description} For camera {name!r}.")
+                    self._declare(full, spec.default, descriptor(spec))
+
+    def _create_outputs(self) -> dict[str, Any]:
+        pubs = {
+            "answer": self.create_publisher(GroundedAnswer, "~/answer", ANSWER_QOS),
+            "detections": self.create_publisher(GroundedDetectionArray, "~/detections", RESULTS_QOS),
+            "detections_3d": self.create_publisher(GroundedDetection3DArray, "~/detections_3d", RESULTS_QOS),
+            "debug_image": self.create_publisher(Image, "~/debug_image", DEBUG_QOS),
+            "markers": self.create_publisher(MarkerArray, "~/markers", RESULTS_QOS),
+            "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", RESULTS_QOS),
+        }
+        vision = messages.optional_vision_msgs()
+        if vision is not None:
+            pubs["vision"] = self.create_publisher(vision.Detection2DArray, "~/vision/detections", RESULTS_QOS)
+        return pubs
+
+    def _open_query_intake(self, cameras: list[str]) -> None:
+        """``~/query`` (the default camera) and ``~/<camera>/query`` per named camera; they live until shutdown."""
+        topics = {"~/query": ""} | {f"~/{name}/query": name for name in cameras if name}
+        for topic, camera in topics.items():
+            if topic not in self._query_topics:
+                self._query_topics[topic] = self.create_subscription(
+                    String, topic, lambda msg, camera=camera: self._on_query(msg, camera), INTAKE_QOS,
+                    callback_group=self._query_group)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        values = {spec.name: self.get_parameter(spec.name).value for spec in SPECS}
         try:
-            if self._param_problems:
-                raise ValueError("invalid parameters: " + "; ".join(self._param_problems))
-            self.params = NodeParams.from_values(values)
+            self.params = self._read_params()
+            self._declare_camera_overrides(list(self.params.cameras))
+            self._open_query_intake(list(self.params.cameras))
+            self.cameras = {name: self._make_camera(self._camera_settings(name)) for name in self.params.cameras}
         except ValueError as exc:
+            self.params = None
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         p = self.params
-        self.images = StampedBuffer(p.frame_buffer_size)
-        self.worker = QueryWorker(p.queue_size)
-        pubs = self._publishers_
-        pubs["answer"] = self.create_publisher(GroundedAnswer, "~/answer", RESULTS_QOS)
-        pubs["detections"] = self.create_publisher(GroundedDetectionArray, "~/detections", RESULTS_QOS)
-        pubs["detections_3d"] = self.create_publisher(GroundedDetection3DArray, "~/detections_3d", RESULTS_QOS)
-        pubs["debug_image"] = self.create_publisher(Image, "~/debug_image", RESULTS_QOS)
-        pubs["markers"] = self.create_publisher(MarkerArray, "~/markers", RESULTS_QOS)
-        pubs["diagnostics"] = self.create_publisher(DiagnosticArray, "/diagnostics", RESULTS_QOS)
-        vision = _optional_vision_msgs()
-        if vision is not None:
-            pubs["vision"] = self.create_publisher(vision.Detection2DArray, "~/vision/detections", RESULTS_QOS)
-        self._action_server = ActionServer(
-            self, Ground, "~/ground", execute_callback=self._execute_goal, callback_group=self._query_group,
-            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=lambda goal: CancelResponse.ACCEPT)
-        if p.use_depth:
-            self.lifter = DepthLifter(self, p.frame_buffer_size, p.depth_max_stamp_diff_s, p.target_frame,
-                                      p.tf_timeout_s, self._warn_once)
-        self.get_logger().info(
-            f"configured: model={p.model_path or '<embedded default>'} device={p.model_device} "
-            f"dtype={p.model_dtype} transport={p.image_transport} depth={p.use_depth} queue={p.queue_size}")
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        p = self.params
-        assert p is not None
         try:
             self.engine = self._load_engine(p)
         except Exception as exc:  # noqa: BLE001 - a failed load must fail the transition, not the node
-            self._model_error = str(exc)
-            self.get_logger().error(f"activate failed: could not load the model: {exc}")
+            self._model_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"configure failed: could not load the model: {self._model_error}")
+            self.params, self.cameras = None, {}
             return TransitionCallbackReturn.FAILURE
         self._model_error = ""
-        self._subscribe(p)
-        self._diag_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics,
-                                             callback_group=self._camera_group)
+        self.worker = QueryWorker(p.queue_size, on_error=self._log_finish_error)
+        self._restart_diagnostics(p.diagnostics_period_s)
+        cams = ", ".join(f"{c.label} ({c.settings.image_transport}{', depth' if c.lifter else ''})"
+                         for c in self.cameras.values())
+        self.get_logger().info(
+            f"configured: model {self.engine.model_id} on {self.engine.device} ({p.model_dtype}); cameras: {cams}; "
+            f"queue={p.queue_size}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for camera in self.cameras.values():
+            self._subscribe(camera)
         self._active = True
-        self.get_logger().info(f"active: model {self.engine.model_id} on {self.engine.device}; "
-                               f"listening on {self.resolve_topic_name('~/query')}")
+        topics = ", ".join(self.resolve_topic_name(c.image_topic) for c in self.cameras.values())
+        self.get_logger().info(f"active: listening on {self.resolve_topic_name('~/query')}; cameras on {topics}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -189,6 +241,34 @@ class GromaNode(LifecycleNode):
         self._release_all()
         return TransitionCallbackReturn.SUCCESS
 
+    def _read_params(self) -> NodeParams:
+        if self._param_problems:
+            raise ValueError("invalid parameters: " + "; ".join(self._param_problems))
+        return NodeParams.from_values({spec.name: self.get_parameter(spec.name).value for spec in SPECS})
+
+    def _camera_settings(self, name: str) -> CameraSettings:
+        values = {key: self.get_parameter(f"{name}.{key}" if name else key).value for key in CAMERA_OVERRIDES}
+        for key, value in values.items():
+            problem = validate_one(SPEC_BY_NAME[key], value)
+            if problem:
+                raise ValueError(f"camera {name!r}: {problem}")
+        return CameraSettings(name, **values)
+
+    def _make_camera(self, settings: CameraSettings) -> CameraInput:
+        p = self.params
+        assert p is not None
+        name = settings.name
+
+        def warn(key: str, text: str) -> None:
+            self._warn_once(f"{name}/{key}", text if not name else f"camera {name!r}: {text}")
+
+        lifter = None
+        if settings.use_depth:
+            lifter = DepthLifter(p.frame_buffer_size, p.depth_max_stamp_diff_s, p.target_frame, p.tf_timeout_s,
+                                 warn, self._transforms)
+        return CameraInput(settings, p.frame_buffer_size, lifter, lambda: self.get_clock().now().nanoseconds,
+                           self._warn_once)
+
     def _load_engine(self, p: NodeParams) -> Any:
         from groma_ros.engine import GromaEngine  # torch import only when a model is needed
 
@@ -205,37 +285,39 @@ class GromaNode(LifecycleNode):
             self.get_logger().info(f"decode step compiled in {time.monotonic() - t0:.1f} s")
         return engine
 
-    def _subscribe(self, p: NodeParams) -> None:
-        subs = self._subscriptions_
-        if p.image_transport == "compressed":
-            subs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image,
-                                                 qos_profile_sensor_data, callback_group=self._camera_group))
-        else:
-            subs.append(self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data,
-                                                 callback_group=self._camera_group))
-        if self.lifter is not None:
-            lifter = self.lifter
+    def _subscribe(self, camera: CameraInput) -> None:
+        subs = self._camera_subscriptions
+        image_type = CompressedImage if camera.settings.image_transport == "compressed" else Image
+        subs.append(self.create_subscription(image_type, camera.image_topic, camera.on_image,
+                                             qos_profile_sensor_data, callback_group=self._camera_group))
+        lifter = camera.lifter
+        if lifter is not None:
             for msg_type, topic, callback in ((CameraInfo, "camera_info", lifter.on_camera_info),
                                               (Image, "depth/image", lifter.on_depth),
                                               (CameraInfo, "depth/camera_info", lifter.on_depth_info)):
-                subs.append(self.create_subscription(msg_type, topic, callback, qos_profile_sensor_data,
-                                                     callback_group=self._camera_group))
-        subs.append(self.create_subscription(String, "~/query", self._on_query, RESULTS_QOS,
-                                             callback_group=self._query_group))
+                subs.append(self.create_subscription(msg_type, camera.topic(topic), callback,
+                                                     qos_profile_sensor_data, callback_group=self._camera_group))
 
     def _deactivate(self, reason: str) -> None:
+        """Stop serving: no camera input, every waiting or running query answered CANCELED; the model stays."""
         self._active = False
-        for sub in self._subscriptions_:
+        for sub in self._camera_subscriptions:
             self.destroy_subscription(sub)
-        self._subscriptions_.clear()
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
+        self._camera_subscriptions.clear()
         if self.worker is not None:
             for job in self.worker.abort_all():
                 job.finish(job, None, _Aborted(reason))
-            if not self.worker.wait_idle(30.0):
-                self.get_logger().warning("the running query did not stop within 30 s")
+            if not self.worker.wait_idle(DEACTIVATE_WAIT_S):
+                self.get_logger().warning(f"the running query did not stop within {DEACTIVATE_WAIT_S:.0f} s")
+        for camera in self.cameras.values():
+            camera.clear()
+        self._last_decoded = None
+
+    def _release_all(self) -> None:
+        """Cleanup: the worker, the model, cameras and parameters go; intake and outputs stay for the node's life."""
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
         if self.engine is not None:
             try:
                 self.engine.release()
@@ -244,57 +326,58 @@ class GromaNode(LifecycleNode):
                 gc.collect()
                 _empty_device_cache()
             self.get_logger().info("model released")
-        self.images.clear()
-        if self.lifter is not None:
-            self.lifter.clear()
-
-    def _release_all(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker = None
-        if self._action_server is not None:
-            self._action_server.destroy()
-            self._action_server = None
-        for pub in self._publishers_.values():
-            self.destroy_publisher(pub)
-        self._publishers_.clear()
-        self.lifter = None
+        self.cameras = {}
+        self.params = None
         self._last_decoded = None
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
         problems = []
         for param in params:
-            spec = next((s for s in SPECS if s.name == param.name), None)
+            spec = self._spec_of(param.name)
             if spec is None:
-                continue
+                if not param.name or not self.has_parameter(param.name):
+                    problems.append(f"{param.name!r} is not a parameter of this node")
+                continue  # rclpy's own (use_sim_time, ...)
             problem = validate_one(spec, param.value)
             if problem:
                 problems.append(problem)
             elif spec.read_only and self.params is not None:
-                problems.append(f"{spec.name} can only change before configure (cleanup, set, configure)")
+                problems.append(f"{spec.name} can only change while the node is unconfigured "
+                                "(deactivate, cleanup, set it, configure)")
         if problems:
             return SetParametersResult(successful=False, reason="; ".join(problems))
         if self.params is not None:
+            changes = {param.name.replace(".", "_"): param.value for param in params}
             values = self.params.as_ros_dict()
-            for param in params:
-                key = param.name.replace(".", "_")
-                if key in values:
-                    values[key] = param.value
+            values.update({k: v for k, v in changes.items() if k in values})
             self.params = NodeParams(**values)
+            self._apply_runtime(self.params)
         return SetParametersResult(successful=True)
 
-    # ------------------------------------------------------------------ camera input
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        self.images.put(stamp_to_ns(msg.header.stamp), msg)
+    def _spec_of(self, name: str) -> Any:
+        if name in SPEC_BY_NAME:
+            return SPEC_BY_NAME[name]
+        camera, _, key = name.rpartition(".")
+        if camera and key in CAMERA_OVERRIDES and self.has_parameter(name):
+            return replace(SPEC_BY_NAME[key], name=name)
+        return None
+
+    def _apply_runtime(self, p: NodeParams) -> None:
+        """Parameters that change while configured take effect at once (each camera's lifter reads them)."""
+        for camera in self.cameras.values():
+            if camera.lifter is not None:
+                camera.lifter.max_stamp_diff_s = p.depth_max_stamp_diff_s
+                camera.lifter.target_frame = p.target_frame
+                camera.lifter.tf_timeout_s = p.tf_timeout_s
 
     # ------------------------------------------------------------------ query input
     def _next_query_id(self) -> str:
         return f"{self.get_name()}-{next(self._ids):06d}"
 
-    def _on_query(self, msg: String) -> None:
-        p = self.params
-        request = Request(self._next_query_id(), msg.data, int(Task.AUTO), lift_3d=bool(p and p.use_depth))
+    def _on_query(self, msg: String, camera: str) -> None:
+        lift = any(c.lifter is not None for c in self.cameras.values())
+        request = Request(self._next_query_id(), msg.data, int(Task.AUTO), camera=camera, lift_3d=lift)
         self.submit_request(request, lambda answer: None)
 
     def _complete_goals(self) -> None:
@@ -315,11 +398,12 @@ class GromaNode(LifecycleNode):
             goal_handle.publish_feedback(Ground.Feedback(stage=stage, partial_text=text,
                                                          elapsed_s=float(time.monotonic() - started)))
 
-        boxes, problem = _goal_boxes(goal.regions)
-        request = Request(self._next_query_id(), goal.query, int(goal.task), boxes=boxes,
+        boxes, problem = goal_boxes(goal.regions, messages.msg_to_box)
+        request = Request(self._next_query_id(), goal.query, int(goal.task), boxes=boxes, camera=goal.camera,
                           image_stamp_ns=stamp_to_ns(goal.image_stamp),
                           score_threshold=float(goal.score_threshold), max_new_tokens=int(goal.max_new_tokens),
-                          lift_3d=bool(goal.lift_3d), on_progress=progress,
+                          lift_3d=bool(goal.lift_3d), conversation_id=goal.conversation_id,
+                          continue_conversation=bool(goal.continue_conversation), on_progress=progress,
                           cancel_requested=lambda: goal_handle.is_cancel_requested)
         future = Future()
 
@@ -338,71 +422,119 @@ class GromaNode(LifecycleNode):
         return Ground.Result(answer=answer)
 
     def submit_request(self, request: Request, on_answer: Callable[[GroundedAnswer], None],
-               precheck_error: str = "") -> None:
-        """Validate, pick the frame, queue the job; ``on_answer`` is called exactly once (maybe right away)."""
-        model_id = self.engine.model_id if self.engine is not None else ""
-
-        def reject(status: Status, error: str, header: Header | None = None) -> None:
-            answer = messages.error_answer_msg(request.query_id, request.query, request.task, status, error,
-                                               model_id, header)
+                       precheck_error: str = "") -> None:
+        """Validate, pick the frame(s), queue the job; ``on_answer`` is called exactly once (maybe right away)."""
+        try:
+            targets = self._targets(request, precheck_error)
+        except Rejected as rejected:
+            answer = messages.error_answer_msg(request.query_id, request.query, request.task, rejected.status,
+                                               rejected.reason, self._model_id(), rejected.header,
+                                               camera=rejected.camera)
+            if rejected.status == Status.BUSY:
+                with self._stats_lock:
+                    self._stats["busy"] += 1
             self._publish_answer(answer)
             on_answer(answer)
-
-        problem = precheck_error or _request_problem(request)
-        if problem:
-            return reject(Status.BAD_REQUEST, problem)
-        if not self._active or self.engine is None or self.worker is None or self.params is None:
-            reason = f": {self._model_error}" if self._model_error else ""
-            return reject(Status.MODEL_ERROR, f"node is not active{reason}")
-        if request.image_stamp_ns:
-            item = self.images.exact(request.image_stamp_ns)
-            frame = (request.image_stamp_ns, item) if item is not None else None
-            if frame is None:
-                return reject(Status.NO_IMAGE, f"no buffered frame with stamp {request.image_stamp_ns} ns "
-                                               f"(the newest {len(self.images)} frames are kept)")
-        else:
-            frame = self.images.newest()
-            if frame is None:
-                return reject(Status.NO_IMAGE, f"no image received yet on {self._image_topic()}")
-        stamp_ns, image_msg = frame
-        header = image_msg.header
-        max_age = self.params.max_image_age_s
-        if max_age > 0:
-            age = (self.get_clock().now().nanoseconds - stamp_ns) / 1e9
-            if age > max_age:
-                return reject(Status.STALE_IMAGE, f"newest usable frame is {age:.2f} s old "
-                                                  f"(max_image_age_s={max_age})", header)
+            return
 
         def finish(job: Job, outcome: Outcome | None, error: BaseException | None) -> None:
-            answer = self._answer_from(request, header, outcome, error)
+            answer = self._answer_from(request, targets[0], outcome, error)
             self._publish_answer(answer)
             if outcome is not None and answer.status == Status.OK:
                 self._publish_extras(request, answer, outcome)
             on_answer(answer)
 
-        job = Job(request.query_id, run=lambda job: self._run(job, request, image_msg),
+        job = Job(request.query_id, run=lambda job: self._run(job, request, targets),
                   finish=finish, cancel_requested=request.cancel_requested)
         if request.on_progress:
             request.on_progress(Ground.Feedback.STAGE_QUEUED, "")
-        if not self.worker.submit(job):
+        worker = self.worker
+        if worker is None or not worker.submit(job):
             with self._stats_lock:
                 self._stats["busy"] += 1
-            return reject(Status.BUSY, f"{self.worker.depth} queries are waiting (queue_size="
-                                       f"{self.worker.capacity}); try again later", header)
-        return None
+            capacity = worker.capacity if worker is not None else 0
+            depth = worker.depth if worker is not None else 0
+            answer = messages.error_answer_msg(
+                request.query_id, request.query, request.task, Status.BUSY,
+                f"{depth} queries are waiting (queue_size={capacity}); try again later", self._model_id(),
+                targets[0].frame.msg.header, camera=targets[0].camera.name)
+            self._publish_answer(answer)
+            on_answer(answer)
+
+    def _targets(self, request: Request, precheck_error: str) -> list[Target]:
+        """The frame(s) a request will be answered on; ``Rejected`` when it cannot run now."""
+        problem = precheck_error or request_problem(request)
+        if problem:
+            raise Rejected(Status.BAD_REQUEST, problem, camera=request.camera)
+        if not self._active or self.engine is None or self.params is None:
+            label = self._state_machine.current_state[1]
+            reason = f"; last configure failed: {self._model_error}" if self._model_error else ""
+            raise Rejected(Status.MODEL_ERROR, f"node is not active (state: {label}){reason}", camera=request.camera)
+        if request.camera == ALL_CAMERAS:
+            if request.image_stamp_ns:
+                raise Rejected(Status.BAD_REQUEST, "camera '*' answers on each camera's newest frame; "
+                                                   "image_stamp must be zero")
+            cameras = list(self.cameras.values())
+        else:
+            name = request.camera or self.params.cameras[0]
+            if name not in self.cameras:
+                known = ", ".join(repr(c) for c in self.cameras)
+                raise Rejected(Status.BAD_REQUEST, f"unknown camera {request.camera!r}; this node has {known} "
+                                                   f"(or '*' for all)", camera=request.camera)
+            cameras = [self.cameras[name]]
+        targets, stale = [], []
+        for camera in cameras:
+            frame = camera.frame(request.image_stamp_ns)
+            if frame is None:
+                continue
+            age = frame.age_s()
+            max_age = self.params.max_image_age_s
+            if max_age > 0 and age > max_age:
+                stale.append((camera, frame, age))
+            else:
+                targets.append(Target(camera, frame))
+        if targets:
+            return targets
+        if stale:
+            camera, frame, age = min(stale, key=lambda s: s[2])
+            raise Rejected(Status.STALE_IMAGE, f"newest usable frame of {camera.label} arrived {age:.2f} s ago "
+                                               f"(max_image_age_s={self.params.max_image_age_s})",
+                           frame.msg.header, camera.name)
+        if request.image_stamp_ns:
+            camera = cameras[0]
+            raise Rejected(Status.NO_IMAGE, f"no buffered frame with stamp {request.image_stamp_ns} ns from "
+                                            f"{camera.label} (the newest {camera.frames.capacity} frames are kept)",
+                           camera=camera.name)
+        topics = ", ".join(self.resolve_topic_name(c.image_topic) for c in cameras)
+        raise Rejected(Status.NO_IMAGE, f"no image received yet on {topics}", camera=request.camera)
 
     # ------------------------------------------------------------------ the worker's part
-    def _run(self, job: Job, request: Request, image_msg: Any) -> Outcome:
-        header = image_msg.header
+    def _run(self, job: Job, request: Request, targets: list[Target]) -> Outcome:
         if job.should_stop():
-            return Outcome(None, header, aborted_before_start=True)
-        p = self.params
-        engine = self.engine
+            return Outcome(None, targets[0].frame.msg.header, targets[0].camera.name, aborted_before_start=True)
+        engine, p = self.engine, self.params
         if engine is None or p is None:
             raise _Aborted("model released")
+        outcomes = []
+        for target in targets:
+            outcomes.append(self._run_on(job, request, target, engine, p))
+            if job.should_stop():
+                break
+        best = max(outcomes, key=lambda o: _answer_score(o.answer))
+        lifter = self.cameras[best.camera].lifter if best.camera in self.cameras else None
+        if request.lift_3d and lifter is not None and best.answer is not None and not best.answer.canceled:
+            try:
+                best.lifted = lifter.lift(best.answer, best.header)
+            except Exception as exc:  # noqa: BLE001 - a bad depth frame/camera_info must not cost the 2-D answer
+                self.get_logger().warning(f"3-D lifting skipped for {request.query_id}: {type(exc).__name__}: {exc}",
+                                          throttle_duration_sec=5.0)
+        return best
+
+    def _run_on(self, job: Job, request: Request, target: Target, engine: Any, p: NodeParams) -> Outcome:
+        header = target.frame.msg.header
         if request.on_progress:
             request.on_progress(Ground.Feedback.STAGE_PERCEIVING, "")
-        rgb = self._decoded_frame(image_msg)
+        rgb = self._decoded_frame(target)
         partial: list[str] = []
 
         def on_token(piece: str) -> None:
@@ -412,31 +544,30 @@ class GromaNode(LifecycleNode):
 
         score = request.score_threshold or p.score_threshold or None
         answer = engine.ask(rgb, request.query, task=Task(request.task), boxes=request.boxes,
-                            frame_id=(stamp_to_ns(header.stamp), header.frame_id),
+                            frame_id=(target.camera.name, target.frame.seq),
                             max_new_tokens=request.max_new_tokens or p.max_new_tokens or None,
                             score_threshold=score, on_token=on_token, should_cancel=job.should_stop)
-        outcome = Outcome(answer, header, rgb=rgb)
-        if request.lift_3d and self.lifter is not None and not answer.canceled:
-            try:
-                outcome.lifted = self.lifter.lift(answer, header)
-            except Exception as exc:  # noqa: BLE001 - a bad depth frame/camera_info must not cost the 2-D answer
-                self.get_logger().warning(f"3-D lifting skipped for {request.query_id}: {type(exc).__name__}: {exc}",
-                                          throttle_duration_sec=5.0)
-        return outcome
+        return Outcome(answer, header, target.camera.name, rgb=rgb)
 
-    def _decoded_frame(self, image_msg: Any) -> Any:
-        """RGB of ``image_msg``; follow-up queries on the same frame reuse the last decode (worker thread only)."""
-        key = (stamp_to_ns(image_msg.header.stamp), image_msg.header.frame_id, id(image_msg))
+    def _decoded_frame(self, target: Target) -> Any:
+        """RGB of a frame; follow-up queries on the same frame reuse the last decode (worker thread only)."""
+        key = (target.camera.name, target.frame.seq)
         if self._last_decoded is not None and self._last_decoded[0] == key:
             return self._last_decoded[1]
-        rgb = compressed_to_rgb8(image_msg) if isinstance(image_msg, CompressedImage) else imgmsg_to_rgb8(image_msg)
+        msg = target.frame.msg
+        rgb = compressed_to_rgb8(msg) if isinstance(msg, CompressedImage) else imgmsg_to_rgb8(msg)
         self._last_decoded = (key, rgb)
         return rgb
 
     # ------------------------------------------------------------------ outputs
-    def _answer_from(self, request: Request, header: Header, outcome: Outcome | None,
+    def _model_id(self) -> str:
+        engine = self.engine
+        return engine.model_id if engine is not None else ""
+
+    def _answer_from(self, request: Request, target: Target, outcome: Outcome | None,
                      error: BaseException | None) -> GroundedAnswer:
-        model_id = self.engine.model_id if self.engine is not None else ""
+        model_id = self._model_id()
+        header, camera = target.frame.msg.header, target.camera.name
         if error is not None:
             status, text = _status_of(error)
             if status == Status.MODEL_ERROR:
@@ -445,16 +576,17 @@ class GromaNode(LifecycleNode):
             with self._stats_lock:
                 self._stats["errors"] += 1
             return messages.error_answer_msg(request.query_id, request.query, request.task, status, text,
-                                             model_id, header)
+                                             model_id, header, camera=camera)
         assert outcome is not None
         if outcome.aborted_before_start or outcome.answer is None:
             return messages.error_answer_msg(request.query_id, request.query, request.task, Status.CANCELED,
-                                             "canceled before it started", model_id, header)
+                                             "canceled before it started", model_id, outcome.header,
+                                             camera=outcome.camera)
         answer = outcome.answer
         status = Status.CANCELED if answer.canceled else Status.OK
         points = outcome.lifted.points if outcome.lifted is not None else None
-        msg = messages.answer_msg(answer, header, request.query_id, model_id, points, status,
-                                  "canceled during generation" if answer.canceled else "")
+        msg = messages.answer_msg(answer, outcome.header, request.query_id, model_id, points, status,
+                                  "canceled during generation" if answer.canceled else "", camera=outcome.camera)
         with self._stats_lock:
             self._stats["answered"] += 1
             self._stats["last_total_ms"] = answer.timings.total_ms
@@ -463,48 +595,52 @@ class GromaNode(LifecycleNode):
         return msg
 
     def _publish_answer(self, answer: GroundedAnswer) -> None:
-        pub = self._publishers_.get("answer")
-        if pub is not None:
-            pub.publish(answer)
+        self._publishers_["answer"].publish(answer)
 
     def _publish_extras(self, request: Request, answer: GroundedAnswer, outcome: Outcome) -> None:
         pubs = self._publishers_
-        if "detections" in pubs:
-            pubs["detections"].publish(answer.detections)
+        pubs["detections"].publish(answer.detections)
         lifted = outcome.lifted
-        if lifted is not None and lifted.detections and "detections_3d" in pubs:
+        if lifted is not None and lifted.detections:
             header = Header(stamp=outcome.header.stamp, frame_id=lifted.frame_id)
             array = messages.detections_3d_msg(header, request.query_id, lifted.source_frame_id, lifted.detections)
             pubs["detections_3d"].publish(array)
             pubs["markers"].publish(detections_to_marker_array(array.detections, header))
         p = self.params
-        debug = pubs.get("debug_image")
-        if p and p.publish_debug_image and debug is not None and debug.get_subscription_count() > 0:
+        debug = pubs["debug_image"]
+        if p and p.publish_debug_image and debug.get_subscription_count() > 0:
             pairs = messages.detection_pairs(outcome.answer)
             items = [(phrase or messages.DETECT_CLASS_ID, region.box, region.score)
                      for phrase, _s, _e, region in pairs]
             debug.publish(cv2_to_imgmsg(draw_grounding(outcome.rgb, items), "rgb8", header=outcome.header))
         if "vision" in pubs:
-            pubs["vision"].publish(_to_vision_msgs(answer))
+            pubs["vision"].publish(messages.to_vision_msgs(answer))
+
+    def _restart_diagnostics(self, period_s: float) -> None:
+        if period_s != self._diag_period:
+            self.destroy_timer(self._diag_timer)
+            self._diag_period = period_s
+            self._diag_timer = self.create_timer(period_s, self._publish_diagnostics,
+                                                 callback_group=self._camera_group)
 
     def _publish_diagnostics(self) -> None:
-        pub = self._publishers_.get("diagnostics")
-        if pub is None:
-            return
         p = self.params
         with self._stats_lock:
             stats = dict(self._stats)
+        label = self._state_machine.current_state[1]
         level = DiagnosticStatus.OK if self._active else DiagnosticStatus.WARN
-        message = "active" if self._active else "inactive"
+        message = label
         if self._model_error:
             level, message = DiagnosticStatus.ERROR, f"model failed to load: {self._model_error}"
+        worker = self.worker
         values = {
-            "model": self.engine.model_id if self.engine is not None else "",
+            "state": label,
+            "model": self._model_id(),
             "device": p.model_device if p else "",
             "dtype": p.model_dtype if p else "",
             "rss_mb": f"{_rss_mb():.1f}",
-            "queue_depth": str(self.worker.depth if self.worker else 0),
-            "frames_received": str(self.images.received),
+            "queue_depth": str(worker.depth if worker else 0),
+            "frames_received": str(sum(c.frames.received for c in self.cameras.values())),
             "answered": str(stats["answered"]),
             "busy_rejections": str(stats["busy"]),
             "errors": str(stats["errors"]),
@@ -512,22 +648,24 @@ class GromaNode(LifecycleNode):
             "last_encode_ms": f"{stats['last_encode_ms']:.1f}",
             "last_generate_ms": f"{stats['last_generate_ms']:.1f}",
         }
+        for camera in self.cameras.values():
+            values[f"frames_received/{camera.name or '(unnamed)'}"] = str(camera.frames.received)
         status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: groma", message=message,
                                   hardware_id=values["device"],
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
-        pub.publish(array)
+        self._publishers_["diagnostics"].publish(array)
 
     # ------------------------------------------------------------------ helpers
-    def _image_topic(self) -> str:
-        compressed = self.params is not None and self.params.image_transport == "compressed"
-        return self.resolve_topic_name("image/compressed" if compressed else "image")
-
     def _warn_once(self, key: str, text: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             self.get_logger().warning(text)
+
+    def _log_finish_error(self, job: Job, error: BaseException) -> None:
+        self.get_logger().error(f"answering query {job.query_id} failed: {type(error).__name__}: {error}\n"
+                                + "".join(traceback.format_exception(error)))
 
 
 class _Aborted(RuntimeError):
@@ -545,64 +683,13 @@ def _status_of(error: BaseException) -> tuple[Status, str]:
     return Status.MODEL_ERROR, f"{type(error).__name__}: {error}"
 
 
-def _request_problem(request: Request) -> str:
-    if request.task not in {int(t) for t in Task}:
-        return f"unknown task {request.task}; expected 0..{max(int(t) for t in Task)}"
-    if request.task != Task.DETECT and not request.query.strip():
-        return "empty query"
-    if len(request.query) > MAX_QUERY_CHARS:
-        return f"query too long ({len(request.query)} characters, at most {MAX_QUERY_CHARS})"
-    if request.score_threshold < 0 or request.score_threshold > 1 or math.isnan(request.score_threshold):
-        return f"score_threshold must be in [0, 1], got {request.score_threshold}"
-    return ""
-
-
-def _goal_boxes(regions: list[Any]) -> tuple[list[BoxXYXY], str]:
-    boxes = [messages.msg_to_box(r) for r in regions]
-    for i, box in enumerate(boxes):
-        if not all(math.isfinite(v) for v in box):
-            return [], f"region {i} has a non-finite coordinate: {box}"
-        if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
-            return [], f"region {i} must have a positive size, got size_x={regions[i].size_x}, " \
-                       f"size_y={regions[i].size_y}"
-    return boxes, ""
-
-
-def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    text = spec.description + (f" One of: {', '.join(spec.choices)}." if spec.choices else "")
-    desc = ParameterDescriptor(description=text, read_only=False)
-    if isinstance(spec.default, bool):
-        return desc
-    if isinstance(spec.default, int) and spec.min is not None:
-        desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
-    elif isinstance(spec.default, float) and spec.min is not None:
-        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max),
-                                                        step=0.0)]
-    return desc
-
-
-def _optional_vision_msgs() -> Any:
-    try:
-        import vision_msgs.msg as vision
-    except ImportError:
-        return None
-    return vision
-
-
-def _to_vision_msgs(answer: GroundedAnswer) -> Any:
-    vision = _optional_vision_msgs()
-    out = vision.Detection2DArray(header=answer.header)
-    for det in answer.detections.detections:
-        v = vision.Detection2D(header=det.header, id=det.id)
-        v.bbox.center.position.x, v.bbox.center.position.y = det.bbox.center.position.x, det.bbox.center.position.y
-        v.bbox.size_x, v.bbox.size_y = det.bbox.size_x, det.bbox.size_y
-        for r in det.results:
-            h = vision.ObjectHypothesisWithPose()
-            h.hypothesis.class_id, h.hypothesis.score = r.hypothesis.class_id, r.hypothesis.score
-            h.pose = r.pose
-            v.results.append(h)
-        out.detections.append(v)
-    return out
+def _answer_score(answer: Answer | None) -> float:
+    """How sure an answer is of its best region: grounding probability x proposal score (for camera '*')."""
+    if answer is None or answer.canceled:
+        return -1.0
+    scores = [g * region.score for item in answer.items
+              for region, g in zip(item.regions, messages.grounding_scores(item), strict=True)]
+    return max(scores, default=0.0)
 
 
 def _rss_mb() -> float:
@@ -632,7 +719,6 @@ def main(args: list[str] | None = None) -> int:
     # (benchmarks/RESULTS.md).
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    code = 0
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -646,7 +732,7 @@ def main(args: list[str] | None = None) -> int:
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-    return code
+    return 0
 
 
 if __name__ == "__main__":

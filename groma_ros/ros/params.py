@@ -6,10 +6,9 @@ launch file and the README table can be checked against one list (tests do).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any
-
-PARAM_PREFIX_SEP = "."
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,8 @@ class ParamSpec:
 
 SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("autostart", True, "Configure and activate by itself at start (no lifecycle manager needed)."),
+    ParamSpec("cameras", [""], "Camera names; each reads `<name>/image`, `<name>/camera_info`, ... and has a "
+              "`~/<name>/query` topic; the first is the default camera; \"\" = the unnamed camera (`image`, ...)."),
     ParamSpec("model.path", "", "Directory of a Groma checkpoint in the released format; empty = embedded default."),
     ParamSpec("model.device", "cpu", "torch device: cpu, cuda, cuda:N."),
     ParamSpec("model.dtype", "float32", "Weights precision.", choices=("float32", "bfloat16", "float16")),
@@ -39,7 +40,8 @@ SPECS: tuple[ParamSpec, ...] = (
               choices=("raw", "compressed")),
     ParamSpec("frame_buffer_size", 8, "Recent camera frames kept (stamp-indexed) to answer queries.", min=1, max=300),
     ParamSpec("max_image_age_s", 2.0,
-              "A query on a frame older than this (node clock - image stamp) gets STALE_IMAGE; 0 = no check.",
+              "A query on a frame that arrived longer ago than this (node's steady clock) gets STALE_IMAGE; "
+              "0 = no check.",
               min=0.0, max=3600.0, read_only=False),
     ParamSpec("queue_size", 4, "Queries waiting for the model; when full, new ones get BUSY.", min=1, max=1000),
     ParamSpec("score_threshold", 0.0, "Minimum proposal score of kept regions; 0 = the model's own (0.15).",
@@ -60,12 +62,39 @@ SPECS: tuple[ParamSpec, ...] = (
 
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
+# Settings a named camera may override (``<camera>.<name>``); the global value is the default.
+CAMERA_OVERRIDES = ("image_transport", "use_depth")
+ALL_CAMERAS = "*"
+_CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def camera_name_problem(names: list[str]) -> str | None:
+    """Why a ``cameras`` list is unusable, or None: names are ROS name tokens, unique, "" only for one camera."""
+    if not names:
+        return "cameras must name at least one camera (\"\" = the unnamed camera)"
+    for name in names:
+        if name and not _CAMERA_NAME.match(name):
+            return f"camera name {name!r} is not a ROS name token (a letter, then letters, digits or _)"
+    if len(set(names)) != len(names):
+        return f"camera names must be unique, got {names}"
+    return None
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """One camera's resolved settings (its overrides, else the node's global values)."""
+
+    name: str
+    image_transport: str
+    use_depth: bool
+
 
 @dataclass(frozen=True)
 class NodeParams:
     """Typed view of the node's parameters (dotted ROS names become underscores)."""
 
     autostart: bool
+    cameras: tuple[str, ...]
     model_path: str
     model_device: str
     model_dtype: str
@@ -99,7 +128,25 @@ class NodeParams:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def descriptor(spec: ParamSpec) -> Any:
+    """The ``rcl_interfaces/ParameterDescriptor`` of a spec: description, choices and numeric range."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    text = spec.description + (f" One of: {', '.join(spec.choices)}." if spec.choices else "")
+    desc = ParameterDescriptor(description=text, read_only=False)
+    if isinstance(spec.default, bool):
+        return desc
+    if isinstance(spec.default, int) and spec.min is not None:
+        desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
+    elif isinstance(spec.default, float) and spec.min is not None:
+        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max),
+                                                        step=0.0)]
+    return desc
+
+
 def _coerce(spec: ParamSpec, value: Any) -> Any:
+    if isinstance(spec.default, list):
+        return tuple(str(v) for v in value)
     if isinstance(spec.default, bool):
         return bool(value)
     if isinstance(spec.default, int):
@@ -112,6 +159,10 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
 def validate_one(spec: ParamSpec, value: Any) -> str | None:
     """Return a problem description for one value, or None when it is fine."""
     expected = type(spec.default)
+    if expected is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            return f"{spec.name} must be a list of strings, got {value!r}"
+        return camera_name_problem(list(value)) if spec.name == "cameras" else None
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is bool and not isinstance(value, bool):

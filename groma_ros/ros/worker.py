@@ -33,8 +33,10 @@ class Job:
 class QueryWorker:
     """FIFO of at most ``capacity`` waiting jobs, run one at a time by a daemon thread."""
 
-    def __init__(self, capacity: int, name: str = "groma-worker") -> None:
+    def __init__(self, capacity: int, name: str = "groma-worker",
+                 on_error: Callable[[Job, BaseException], None] | None = None) -> None:
         self.capacity = capacity
+        self._on_error = on_error
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._running: Job | None = None
@@ -105,8 +107,9 @@ class QueryWorker:
                 error = exc
             try:
                 job.finish(job, result, error)
-            except Exception:  # noqa: BLE001 - publishing failures are the caller's to log
-                pass
+            except Exception as exc:  # noqa: BLE001 - a failed publish must not kill the worker; report it
+                if self._on_error is not None:
+                    self._on_error(job, exc)
             finally:
                 with self._cond:
                     self._running = None

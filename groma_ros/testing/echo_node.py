@@ -26,7 +26,7 @@ from rclpy.utilities import remove_ros_args
 from std_msgs.msg import Header, String
 
 from groma_ros.msg import BoundingBox2D, GroundedAnswer, GroundedDetection, GroundedDetectionArray, Pose2D
-from groma_ros.ros.node import RESULTS_QOS
+from groma_ros.ros.node import ANSWER_QOS, INTAKE_QOS
 
 
 def echo_answer(query: str) -> GroundedAnswer:
@@ -56,13 +56,13 @@ class EchoNode(Node):
         self._work_ms = work_ms
         if work_ms > 0:
             busy_torch(1.0)  # import and warm torch before the first query
-        self._answers = self.create_publisher(GroundedAnswer, "~/answer", RESULTS_QOS)
+        self._answers = self.create_publisher(GroundedAnswer, "~/answer", ANSWER_QOS)
         self._jobs: queue.SimpleQueue[str] = queue.SimpleQueue()
         if use_worker or work_ms > 0:
             threading.Thread(target=self._work, daemon=True).start()
-            self.create_subscription(String, "~/query", lambda msg: self._jobs.put(msg.data), RESULTS_QOS)
+            self.create_subscription(String, "~/query", lambda msg: self._jobs.put(msg.data), INTAKE_QOS)
         else:
-            self.create_subscription(String, "~/query", self._answer, RESULTS_QOS)
+            self.create_subscription(String, "~/query", self._answer, INTAKE_QOS)
 
     def _answer(self, msg: String) -> None:
         self._answers.publish(echo_answer(msg.data))

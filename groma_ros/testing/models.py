@@ -27,17 +27,22 @@ _CORPUS = [
 ] * 4
 
 
-def make_tiny_model_dir(directory: str | Path, seed: int = 0, endless: bool = False) -> Path:
+def make_tiny_model_dir(directory: str | Path, seed: int = 0, endless: bool = False,
+                        llm_intermediate_size: int | None = None) -> Path:
     """Write a tiny random Groma (released format) + a small SentencePiece tokenizer into ``directory``.
 
     ``endless=True`` zeroes the ``</s>`` row of ``lm_head`` so greedy decoding practically never stops
     before ``max_new_tokens``: tests of cancel, BUSY and queues need queries that take a while.
+    ``llm_intermediate_size`` widens the LLM's MLP: memory tests need weights that outweigh the process's
+    other memory (40_000 gives about 125 MB of fp32 weights).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = tiny_config()
     llm_cfg = config.llm_cfg.to_dict() if hasattr(config.llm_cfg, "to_dict") else dict(config.llm_cfg)
     llm_cfg["vocab_size"] = TINY_VOCAB
+    if llm_intermediate_size is not None:
+        llm_cfg["intermediate_size"] = int(llm_intermediate_size)
     config = tiny_config(llm_cfg=llm_cfg)
     make_random_checkpoint(directory, config, seed=seed)
     if endless:

@@ -170,7 +170,8 @@ class Peer:
         from groma_ros.ros.image_codec import cv2_to_imgmsg
 
         image = scene_image() if image is None else image
-        return cv2_to_imgmsg(image, "rgb8", Header(stamp=stamp or self.stamp_now(), frame_id=frame_id))
+        return cv2_to_imgmsg(image, "rgb8", Header(stamp=self.stamp_now() if stamp is None else stamp,
+                                                   frame_id=frame_id))
 
     def publish_frame(self, image: np.ndarray | None = None, settle_s: float = 0.05, *, stamp: Any = None,
                       best_effort: bool = False, frame_id: str = "cam_optical_frame") -> Any:
@@ -226,6 +227,28 @@ class Peer:
                 return future.result().current_state.id
             self.get_state.remove_pending_request(future)
         raise AssertionError("no reply from get_state after 4 tries")
+
+    def set_parameters(self, values: dict[str, Any], timeout: float = 10.0) -> list[Any]:
+        """``ros2 param set`` for several values at once; the node's ``SetParametersResult`` per value."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        if not hasattr(self, "_set_parameters"):
+            self._set_parameters = self.node.create_client(SetParameters, f"{self.base}/set_parameters")
+        assert self._set_parameters.wait_for_service(timeout_sec=timeout)
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                    for k, v in values.items()])
+        future = self._set_parameters.call_async(request)
+        assert self.spin_until(future.done, timeout), "no reply from set_parameters"
+        return list(future.result().results)
+
+    def image_publisher(self, topic: str, best_effort: bool = False) -> Any:
+        """A camera publisher on ``topic`` (reliable like most drivers, or best effort)."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+
+        qos = qos_profile_sensor_data if best_effort else QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        return self.node.create_publisher(Image, topic, qos)
 
     def close(self) -> None:
         self.executor.shutdown()

@@ -7,6 +7,7 @@ expects that no frame has arrived yet.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -187,15 +188,45 @@ def test_full_queue_answers_busy_and_every_goal_gets_one_result(node):
     assert statuses.count(GroundedAnswer.BUSY) == 2 and statuses.count(GroundedAnswer.CANCELED) == 2
 
 
-def test_stale_frame_and_unknown_stamp(node):
+def test_age_counts_from_arrival_and_stamps_select_exactly(node):
     peer, _, _ = node
-    old = peer.publish_frame(stamp=peer.stamp_now(-60.0))
-    answer = peer.ask("where is the cup?")
-    assert answer.status == GroundedAnswer.STALE_IMAGE
-    assert "max_image_age_s=5.0" in answer.error and answer.header == old
+    # stamped an hour ago (another clock domain) but it arrives now: fresh, and selectable by its own stamp
+    old = peer.publish_frame(stamp=peer.stamp_now(-3600.0))
+    answer = peer.result_of(peer.send_goal(Ground.Goal(query="where is the cup?", image_stamp=old.stamp)))
+    assert answer.status == GroundedAnswer.OK, answer.error
+    assert answer.header == old
+    # a runtime change of max_image_age_s takes effect: the same frames are now too old
+    assert all(r.successful for r in peer.set_parameters({"max_image_age_s": 0.2}))
+    try:
+        peer.pause(0.4)
+        answer = peer.ask("where is the cup now?")
+        assert answer.status == GroundedAnswer.STALE_IMAGE
+        assert "arrived" in answer.error and "max_image_age_s=0.2" in answer.error
+    finally:
+        assert all(r.successful for r in peer.set_parameters({"max_image_age_s": 5.0}))
+    for name, value in (("", 1), ("no_such_parameter", 1.0), ("max_image_age_s", -1.0)):
+        result = peer.set_parameters({name: value})[0]
+        assert not result.successful and result.reason, name
     handle = peer.send_goal(Ground.Goal(query="where is the cup?", image_stamp=Time(sec=12, nanosec=5)))
     answer = peer.result_of(handle)
     assert answer.status == GroundedAnswer.NO_IMAGE and "no buffered frame with stamp 12000000005" in answer.error
+
+
+def test_newest_means_newest_stamp_and_frames_are_told_apart_by_arrival(node):
+    peer, _, _ = node
+    fresh = peer.publish_frame(scene_image(seed=1))
+    # a frame stamped 5 s earlier that arrives late does not hide the fresh one
+    peer.publish_frame(scene_image(seed=2), stamp=peer.stamp_now(-5.0))
+    answer = peer.ask("where is the red box?")
+    assert answer.status == GroundedAnswer.OK and answer.header == fresh
+    # a new image reusing that stamp and frame_id is a new frame: answered from its own pixels, not the cache
+    first = peer.result_of(peer.send_goal(Ground.Goal(task=GroundedAnswer.DETECT, image_stamp=fresh.stamp)))
+    blank = np.zeros((H, W, 3), np.uint8)
+    peer.publish_frame(blank, stamp=fresh.stamp)
+    second = peer.result_of(peer.send_goal(Ground.Goal(task=GroundedAnswer.DETECT, image_stamp=fresh.stamp)))
+    assert first.status == second.status == GroundedAnswer.OK
+    boxes = lambda a: [(d.bbox.center.position.x, d.bbox.center.position.y) for d in a.detections.detections]  # noqa: E731
+    assert boxes(first) != boxes(second)
 
 
 def test_bad_requests_are_answered_not_dropped(node):
@@ -295,20 +326,44 @@ def test_diagnostics_report_model_queue_and_latency(node):
     assert int(values["answered"]) >= 1 and "queue_depth" in values and float(values["last_total_ms"]) > 0
 
 
-def test_deactivate_frees_the_model_and_activate_reloads_it(node):
-    peer, proc, _ = node
+def test_lifecycle_keeps_the_model_while_inactive_and_frees_it_on_cleanup(node):
+    peer, proc, log = node
     psutil = pytest.importorskip("psutil")
-    rss_active = psutil.Process(proc.pid).memory_info().rss
+    loads = log.read_text().count("loading model")
     assert peer.lifecycle(Transition.TRANSITION_DEACTIVATE)
     assert peer.state() == State.PRIMARY_STATE_INACTIVE
-    rss_inactive = psutil.Process(proc.pid).memory_info().rss
     answer = peer.result_of(peer.send_goal(Ground.Goal(query="where is the mug?")))
-    assert answer.status == GroundedAnswer.MODEL_ERROR and "not active" in answer.error
+    assert answer.status == GroundedAnswer.MODEL_ERROR and "not active (state: inactive)" in answer.error
+    assert peer.ask("and on the topic?").status == GroundedAnswer.MODEL_ERROR
+    t0 = time.monotonic()
+    assert peer.lifecycle(Transition.TRANSITION_ACTIVATE)
+    peer.publish_frame(settle_s=0.0)
+    assert peer.spin_until(lambda: peer.node.count_publishers("/cam/image_raw") > 0, 5)
+    answer = None
+    while answer is None or answer.status == GroundedAnswer.NO_IMAGE:  # until the new subscription has a frame
+        peer.publish_frame(settle_s=0.02)
+        answer = peer.ask("where is the mug after reactivation?")
+    reactivated_s = time.monotonic() - t0
+    assert answer.status == GroundedAnswer.OK, answer.error
+    assert reactivated_s < 1.0, reactivated_s
+    assert log.read_text().count("loading model") == loads  # no reload
+    rss_configured = psutil.Process(proc.pid).memory_info().rss
+    assert peer.lifecycle(Transition.TRANSITION_DEACTIVATE)
+    assert peer.lifecycle(Transition.TRANSITION_CLEANUP)
+    assert peer.state() == State.PRIMARY_STATE_UNCONFIGURED
+    answer = peer.ask("and now?")
+    assert answer.status == GroundedAnswer.MODEL_ERROR and "state: unconfigured" in answer.error
+    assert psutil.Process(proc.pid).memory_info().rss < rss_configured
+    # unconfigured: read-only parameters may change, and configure loads the model again
+    assert all(r.successful for r in peer.set_parameters({"queue_size": 1}))
+    assert peer.lifecycle(Transition.TRANSITION_CONFIGURE)
+    assert log.read_text().count("loading model") == loads + 1
+    refused = peer.set_parameters({"queue_size": 3})[0]
+    assert not refused.successful and "only change while the node is unconfigured" in refused.reason
     assert peer.lifecycle(Transition.TRANSITION_ACTIVATE)
     assert peer.wait_active()
     peer.publish_frame()
-    assert peer.ask("where is the mug after reactivation?").status == GroundedAnswer.OK
-    assert rss_inactive <= rss_active
+    assert peer.ask("where is the mug after reconfiguring?").status == GroundedAnswer.OK
 
 
 def test_compressed_transport(model_dir, ros_context, tmp_path):

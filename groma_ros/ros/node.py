@@ -44,6 +44,7 @@ from visualization_msgs.msg import MarkerArray
 
 from groma_ros.action import Ground
 from groma_ros.drawing import draw_grounding
+from groma_ros.engine.parsing import StreamParser
 from groma_ros.engine.types import Answer, Status, Task
 from groma_ros.msg import GroundedAnswer, GroundedDetection3DArray, GroundedDetectionArray
 from groma_ros.ros import messages
@@ -535,12 +536,12 @@ class GromaNode(LifecycleNode):
         if request.on_progress:
             request.on_progress(Ground.Feedback.STAGE_PERCEIVING, "")
         rgb = self._decoded_frame(target)
-        partial: list[str] = []
+        partial = StreamParser()  # feedback shows the answer as users read it: phrases, no tags
 
         def on_token(piece: str) -> None:
-            partial.append(piece)
+            partial.feed(piece)
             if request.on_progress:
-                request.on_progress(Ground.Feedback.STAGE_GENERATING, "".join(partial))
+                request.on_progress(Ground.Feedback.STAGE_GENERATING, partial.snapshot().text)
 
         score = request.score_threshold or p.score_threshold or None
         answer = engine.ask(rgb, request.query, task=Task(request.task), boxes=request.boxes,

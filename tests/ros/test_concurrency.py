@@ -107,7 +107,7 @@ def test_action_cancel_stops_within_one_token(node):
     assert after <= 2, (seen_at_cancel, len(pieces), answer.completion_tokens)
     assert 0 < answer.completion_tokens < 1000
     assert len(pieces) <= answer.completion_tokens  # one feedback per decoded piece (byte tokens may merge)
-    assert pieces[-1].partial_text == answer.raw_text
+    assert pieces[-1].partial_text == answer.text
 
 
 def test_deactivate_answers_running_and_queued_queries_canceled(node):

@@ -147,7 +147,7 @@ def test_action_streams_feedback_and_returns_the_answer(node):
     stages = [f.stage for f in feedback]
     assert Ground.Feedback.STAGE_PERCEIVING in stages and Ground.Feedback.STAGE_GENERATING in stages
     partial = [f.partial_text for f in feedback if f.stage == Ground.Feedback.STAGE_GENERATING]
-    assert partial[-1] == answer.raw_text
+    assert partial[-1] == answer.text  # parsed text, as the answer: phrases without tags
     assert peer.spin_until(lambda: any(a.query_id == answer.query_id for a in peer.answers), 5)
 
 

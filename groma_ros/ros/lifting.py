@@ -5,13 +5,21 @@ image stamp. Kept apart from the node so the node only wires topics to it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from groma_ros.engine.types import Answer
 from groma_ros.ros import messages
-from groma_ros.ros.depth import CameraIntrinsics, box_to_depth_box, depth_to_meters, lift_box
+from groma_ros.ros.depth import (
+    DEFAULT_MAX_DEPTH_M,
+    CameraInfoError,
+    CameraIntrinsics,
+    box_to_depth_box,
+    depth_to_meters,
+    lift_box,
+)
 from groma_ros.ros.frame_buffer import StampedBuffer, stamp_to_ns
 
 Point3 = tuple[float, float, float]
@@ -33,7 +41,12 @@ class Lifted:
 
 
 class DepthLifter:
-    """Buffers depth frames and camera infos; lifts an answer's boxes on request."""
+    """Buffers depth frames and camera infos; lifts an answer's boxes on request.
+
+    ``max_depth_m``: depth samples beyond it are ignored (a class default; set it on an instance to change).
+    """
+
+    max_depth_m: float = DEFAULT_MAX_DEPTH_M
 
     def __init__(self, node: Any, buffer_size: int, max_stamp_diff_s: float, target_frame: str,
                  tf_timeout_s: float, warn_once: Callable[[str, str], None]) -> None:
@@ -62,7 +75,13 @@ class DepthLifter:
         self.depths.clear()
 
     def lift(self, answer: Answer, image_header: Any) -> Lifted | None:
-        """Median depth in each box, back-projected with the depth intrinsics; None without depth."""
+        """Median depth in each box, back-projected with the depth camera's P; None without depth.
+
+        Insane input gives no 3-D and one warning per cause (``warn_once`` keys ``depth_camera_info:<field>``
+        for a CameraInfo outside the sanity bounds of :mod:`groma_ros.ros.depth`, ``depth_sanity:<cause>``
+        for ignored depth samples or dropped points): no 3-D at all for a bad CameraInfo, none for the
+        affected box otherwise.
+        """
         found = self.depths.nearest(stamp_to_ns(image_header.stamp), int(self.max_stamp_diff_s * 1e9))
         info = self.depth_info or self.camera_info
         if found is None or info is None:
@@ -70,21 +89,33 @@ class DepthLifter:
                                      f"{self.max_stamp_diff_s} s of the image or no depth camera_info yet")
             return None
         depth_msg = found[1]
+        try:
+            intrinsics = CameraIntrinsics.from_camera_info(info)
+        except CameraInfoError as exc:
+            self._warn_once(f"depth_camera_info:{exc.cause}", f"3-D lifting skipped: {exc}")
+            return None
         depth_m = depth_to_meters(depth_msg)
-        intrinsics = CameraIntrinsics.from_camera_info(info)
         dh, dw = depth_m.shape
         if (intrinsics.width, intrinsics.height) != (dw, dh) and intrinsics.width > 0:
             intrinsics = intrinsics.scaled(dw, dh)
         frame = depth_msg.header.frame_id or intrinsics.frame_id
         result = Lifted(frame_id=self._output_frame(frame), source_frame_id=frame)
+
+        def report(cause: str, text: str) -> None:
+            self._warn_once(f"depth_sanity:{cause}", f"3-D: {text} (depth frame {frame!r})")
+
         points: list[Point3 | None] = []
         for n, (phrase, _start, _end, region) in enumerate(messages.detection_pairs(answer)):
             box = box_to_depth_box(region.box, answer.image_size, (dw, dh))
-            lifted = lift_box(depth_m, box, intrinsics)
+            lifted = lift_box(depth_m, box, intrinsics, max_depth_m=self.max_depth_m, report=report)
             points.append(None if lifted is None else lifted.point)
-            if lifted is not None:
-                centre = self._to_output_frame(lifted.point, frame, depth_msg.header.stamp)
-                result.detections.append((n, phrase, region.score, centre, lifted.size, lifted.valid_points))
+            if lifted is None:
+                continue
+            centre = self._to_output_frame(lifted.point, frame, depth_msg.header.stamp)
+            if not all(math.isfinite(c) for c in centre):
+                report("transform", f"the transform to {self.target_frame!r} gives {centre}; dropped")
+                continue
+            result.detections.append((n, phrase, region.score, centre, lifted.size, lifted.valid_points))
         # 2-D detections carry the centroid only when it is in their own (image) frame
         result.points = points if frame in (image_header.frame_id, "") else None
         return result

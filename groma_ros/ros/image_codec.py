@@ -26,7 +26,8 @@ Conventions:
     to an integer type values are rounded half to even and saturated, NaN becomes 0.
 - CompressedImage: only JPEG and PNG are accepted, and only after the size their header declares
   (JPEG SOF, PNG IHDR; :mod:`groma_ros.ros.image_headers`) passed ``max_pixels``: nothing is decoded
-  before it is checked. TIFF, WebP, BMP, GIF and every other format OpenCV could sniff are refused.
+  before it is checked. TIFF, WebP, BMP, GIF and every other format OpenCV could sniff are refused. The
+  data's signature decides, as OpenCV's sniffing does; ``format`` only routes ``compressedDepth``.
   ``compressedDepth``: PNG with or without image_transport's 12-byte header (16UC1, and 32FC1
   inverse-depth quantisation); RVL is refused.
 
@@ -225,8 +226,8 @@ def _change_depth(arr: np.ndarray, dst: np.dtype) -> np.ndarray:
     bits = (8 * src.itemsize, 8 * dst.itemsize)
     if (src, dst) == (np.dtype(np.uint8), np.dtype(np.uint16)):
         return arr.astype(np.uint16) * np.uint16(257)  # 65535/255 = 257 exactly
-    if (src, dst) == (np.dtype(np.uint16), np.dtype(np.uint8)):
-        return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v * 255/65535): never a tie
+    if (src, dst) == (np.dtype(np.uint16), np.dtype(np.uint8)):  # round(v * 255/65535): never a tie
+        return cv2.convertScaleAbs(arr if arr.flags.aligned else np.ascontiguousarray(arr), alpha=255.0 / 65535.0)
     if dst.kind == "f":  # no float type has 8 or 16 bits: always a plain conversion
         return arr.astype(dst)
     val = arr.astype(np.float64)

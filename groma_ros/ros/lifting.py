@@ -89,15 +89,16 @@ class DepthLifter:
                                      f"{self.max_stamp_diff_s} s of the image or no depth camera_info yet")
             return None
         depth_msg = found[1]
+        depth_m = depth_to_meters(depth_msg)
+        dh, dw = depth_m.shape
         try:
             intrinsics = CameraIntrinsics.from_camera_info(info)
+            if (intrinsics.width, intrinsics.height) != (dw, dh) and intrinsics.width > 0 and intrinsics.height > 0:
+                intrinsics = intrinsics.scaled(dw, dh)
+                intrinsics.check(f"CameraInfo scaled to the {dw}x{dh} depth image")
         except CameraInfoError as exc:
             self._warn_once(f"depth_camera_info:{exc.cause}", f"3-D lifting skipped: {exc}")
             return None
-        depth_m = depth_to_meters(depth_msg)
-        dh, dw = depth_m.shape
-        if (intrinsics.width, intrinsics.height) != (dw, dh) and intrinsics.width > 0:
-            intrinsics = intrinsics.scaled(dw, dh)
         frame = depth_msg.header.frame_id or intrinsics.frame_id
         result = Lifted(frame_id=self._output_frame(frame), source_frame_id=frame)
 

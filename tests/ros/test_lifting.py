@@ -100,3 +100,15 @@ def test_insane_intrinsics_give_no_3d_and_one_warning(changes, key):
     assert lift.lift(answer(BOX), image_header()) is None
     assert warnings.keys == [key]
     assert warnings.texts[0].startswith("3-D lifting skipped: CameraInfo")
+
+
+def test_intrinsics_scaled_to_a_tiny_depth_image_are_checked_again():
+    warnings = Warnings()
+    lift = DepthLifter(None, 4, 0.1, "", 0.1, warnings)
+    tiny = cv2_to_imgmsg(np.full((1, 2), 1.5, np.float32), "32FC1")  # P fx 295.5 at 640 px -> 0.92 at 2 px
+    tiny.header.stamp.sec, tiny.header.frame_id = 5, "depth_optical"
+    lift.on_depth(tiny)
+    lift.on_depth_info(info())
+    assert lift.lift(answer(BOX), image_header()) is None
+    assert warnings.keys == ["depth_camera_info:focal"]
+    assert "scaled to the 2x1 depth image" in warnings.texts[0]

@@ -229,7 +229,8 @@ def _change_depth(arr: np.ndarray, dst: np.dtype) -> np.ndarray:
     if (src, dst) == (np.dtype(np.uint16), np.dtype(np.uint8)):  # round(v * 255/65535): never a tie
         return cv2.convertScaleAbs(arr if arr.flags.aligned else np.ascontiguousarray(arr), alpha=255.0 / 65535.0)
     if dst.kind == "f":  # no float type has 8 or 16 bits: always a plain conversion
-        return arr.astype(dst)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, as in OpenCV
+            return arr.astype(dst)
     val = arr.astype(np.float64)
     scale = {(8, 16): 65535.0 / 255.0, (16, 8): 255.0 / 65535.0}.get(bits)
     if scale is not None:  # signed 8 <-> 16 bit too: cv_bridge decides by bit depth alone

@@ -183,8 +183,9 @@ class GromaForConditionalGeneration(nn.Module):
     ) -> RegionSelection:
         """Pick the regions of one image: proposals [Q, 4] + user boxes [r, 4] (score 1.0) -> NMS -> order.
 
-        NMS as mmcv: score > box_score_thres, descending score (ties keep candidate order), IoU > nms_thres
-        suppressed, at most max_region_num; if nothing survives, the single max-score candidate.
+        NMS as mmcv: score > box_score_thres, descending score (ties, e.g. several user boxes, in the
+        original's CPU sort order: ``ops.descending_order``), IoU > nms_thres suppressed, at most
+        max_region_num; if nothing survives, the single max-score candidate.
         ``order`` is a permutation of the kept list (final i = keep[order[i]]); default: descending score.
         """
         cfg = self.config

@@ -6,6 +6,8 @@ mmcv's CPU RoIAlign asserts on the negative-size RoIs that the released box conv
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -44,6 +46,121 @@ def first_argmax(x: torch.Tensor) -> torch.Tensor:
     return torch.where(is_max, idx, x.shape[-1]).min(dim=-1).values
 
 
+def descending_order(scores: torch.Tensor) -> torch.Tensor:
+    """The permutation ``scores.sort(descending=True)`` (default, unstable) returns on the CPU, ties included.
+
+    The one place where equal scores are ordered. mmcv's NMS sorts its candidates this way, so with several
+    user boxes (all scored exactly 1.0) this order decides which tied box comes first, hence the kept order,
+    the ``<rN>`` each ``<refer_box>`` maps to and the answer. torch 2.13's CPU kernel runs libstdc++
+    ``std::sort`` (introsort: median-of-three quicksort down to 16-element runs, heapsort past depth
+    2*floor(log2 n), then insertion sort) with the comparator ``a > b`` (NaN first). The tie order
+    depends on every score, not only on the tied ones: up to 16 candidates it is candidate order; with the
+    shared fixture's 47 proposals above threshold, 2 or 3 user boxes come out last first and 5 come out as
+    4, 3, 0, 2, 1. The algorithm is re-done here step by step, so the order is the same on every device and
+    torch version. Distinct scores take the fast path (only one order is possible).
+    """
+    flat = scores.detach().float().cpu().reshape(-1)
+    if torch.unique(flat).numel() == flat.numel() and not bool(torch.isnan(flat).any()):
+        return torch.sort(flat, descending=True, stable=True).indices
+    return torch.tensor(_introsort_descending(flat.tolist()), dtype=torch.long)
+
+
+def _introsort_descending(keys: list[float]) -> list[int]:
+    """libstdc++ ``std::sort`` (GCC 13 ``stl_algo.h`` / ``stl_heap.h``) of (key, index) pairs, keys descending.
+
+    Written by hand because no Python library exposes that exact algorithm; each helper mirrors the
+    libstdc++ function of the same name, so the element moves (and hence the tie order) are identical.
+    """
+    items = [(k, i) for i, k in enumerate(keys)]
+
+    def before(a: tuple[float, int], b: tuple[float, int]) -> bool:
+        return (math.isnan(a[0]) and not math.isnan(b[0])) or a[0] > b[0]
+
+    def adjust_heap(first: int, hole: int, length: int, value: tuple[float, int]) -> None:
+        top = child = hole
+        while child < (length - 1) // 2:
+            child = 2 * (child + 1)
+            if before(items[first + child], items[first + child - 1]):
+                child -= 1
+            items[first + hole] = items[first + child]
+            hole = child
+        if length % 2 == 0 and child == (length - 2) // 2:
+            child = 2 * (child + 1)
+            items[first + hole] = items[first + child - 1]
+            hole = child - 1
+        parent = (hole - 1) // 2  # __push_heap
+        while hole > top and before(items[first + parent], value):
+            items[first + hole] = items[first + parent]
+            hole, parent = parent, (parent - 1) // 2
+        items[first + hole] = value
+
+    def heap_sort(first: int, last: int) -> None:  # __partial_sort(first, last, last)
+        length = last - first
+        for parent in range((length - 2) // 2, -1, -1):  # __make_heap
+            adjust_heap(first, parent, length, items[first + parent])
+        while last - first > 1:  # __sort_heap
+            last -= 1
+            value, items[last] = items[last], items[first]
+            adjust_heap(first, 0, last - first, value)
+
+    def partition_pivot(first: int, last: int) -> int:  # __unguarded_partition_pivot
+        a, b, c = first + 1, first + (last - first) // 2, last - 1
+        if before(items[a], items[b]):
+            median = b if before(items[b], items[c]) else (c if before(items[a], items[c]) else a)
+        else:
+            median = a if before(items[a], items[c]) else (c if before(items[b], items[c]) else b)
+        items[first], items[median] = items[median], items[first]
+        lo, hi = first + 1, last
+        while True:
+            while before(items[lo], items[first]):
+                lo += 1
+            hi -= 1
+            while before(items[first], items[hi]):
+                hi -= 1
+            if lo >= hi:
+                return lo
+            items[lo], items[hi] = items[hi], items[lo]
+            lo += 1
+
+    def introsort_loop(first: int, last: int, depth: int) -> None:
+        while last - first > _SORT_THRESHOLD:
+            if depth == 0:
+                heap_sort(first, last)
+                return
+            depth -= 1
+            cut = partition_pivot(first, last)
+            introsort_loop(cut, last, depth)
+            last = cut
+
+    def linear_insert(last: int) -> None:  # __unguarded_linear_insert
+        value = items[last]
+        while before(value, items[last - 1]):
+            items[last] = items[last - 1]
+            last -= 1
+        items[last] = value
+
+    def insertion_sort(first: int, last: int) -> None:
+        for i in range(first + 1, last):
+            if before(items[i], items[first]):
+                items[first + 1 : i + 1], items[first] = items[first:i], items[i]
+            else:
+                linear_insert(i)
+
+    n = len(items)
+    if n:
+        introsort_loop(0, n, 2 * (n.bit_length() - 1))
+        if n > _SORT_THRESHOLD:  # __final_insertion_sort
+            insertion_sort(0, _SORT_THRESHOLD)
+            for i in range(_SORT_THRESHOLD, n):
+                linear_insert(i)
+        else:
+            insertion_sort(0, n)
+    return [i for _, i in items]
+
+
+_SORT_THRESHOLD = 16  # libstdc++ _S_threshold
+
+
 def nms(
     boxes_xyxy: torch.Tensor,
     scores: torch.Tensor,
@@ -53,8 +170,9 @@ def nms(
 ) -> torch.Tensor:
     """mmcv ``nms(..., score_threshold, max_num)``: indices into the full candidate list, by descending score.
 
-    Keep scores > score_threshold, sort descending (stable, so equal scores keep candidate order), greedily
-    drop any box whose IoU with an already kept box is > iou_threshold, truncate to max_num. Runs on CPU in
+    Keep scores > score_threshold; order the survivors as mmcv does (its kernel sorts them with
+    ``sort(descending=True)``; equal scores in that sort's order, see :func:`descending_order`); greedily
+    drop any box whose IoU with an already kept box is > iou_threshold; truncate to max_num. Runs on CPU in
     float32 (a few hundred boxes; a python loop beats kernel launches).
     """
     boxes_xyxy = boxes_xyxy.detach().float().cpu()
@@ -62,7 +180,7 @@ def nms(
     valid = torch.nonzero(scores > score_threshold).flatten()
     if valid.numel() == 0:
         return valid
-    order = valid[torch.sort(scores[valid], descending=True, stable=True).indices]
+    order = valid[descending_order(scores[valid])]
     ious = box_iou(boxes_xyxy[order], boxes_xyxy[order])
     suppressed = torch.zeros(len(order), dtype=torch.bool)
     keep = []

@@ -1,8 +1,8 @@
 """Our own cv_bridge: ``sensor_msgs/Image`` and ``CompressedImage`` <-> numpy arrays.
 
 Why not cv_bridge: the PyPI port breaks on numpy >= 2.3 and OpenCV 5 and silently decodes 16UC1 as
-uint8 garbage; ROS 2's cv_bridge is not installable in a venv. Function names follow cv_bridge so
-users recognise them.
+uint8 garbage; ROS 2's cv_bridge is not installable in a venv. Function names and conversion rules
+follow cv_bridge (``cv_bridge.cpp``: ``getConversionCode`` / ``toCvCopyImpl``) so users recognise them.
 
 Conventions:
 - Arrays are ``HxW`` for one channel and ``HxWxC`` otherwise, in the message's native dtype.
@@ -10,16 +10,26 @@ Conventions:
   order (row padding from ``step`` is skipped via strides). Copy it if you keep it beyond the message.
 - Big-endian data (``is_bigendian``) is byte-swapped into a native copy.
 - ``data`` longer than ``step * height`` is accepted and the tail ignored (some drivers over-allocate).
-- Generic OpenCV encodings (``8UC3`` ...) carry no channel order; for colour conversions a generic
-  1/3/4-channel unsigned image is taken as mono/BGR/BGRA (OpenCV's order). Converting *to* a generic
-  encoding with the same depth and channel count is a pure reinterpretation, as in cv_bridge.
-- Bit-depth changes: 16 -> 8 bit is ``>> 8`` (keeps the top byte: mono16 shows as rgb8 with its full
-  range compressed, not clipped); 8 -> 16 bit is ``* 257`` (255 -> 65535).
-- Bayer (``bayer_rggb8/bggr8/gbrg8/grbg8`` and the 16-bit variants) is supported: passthrough gives the
-  raw mosaic, colour targets are demosaiced with OpenCV.
-- CompressedImage: jpeg/png (anything ``cv2.imdecode`` sniffs) and ``compressedDepth`` PNG with or
-  without image_transport's 12-byte header (16UC1, and 32FC1 inverse-depth quantisation). RVL is
-  rejected with a clear error.
+- Encodings: rgb/bgr/rgba/bgra/mono 8 and 16 bit; Bayer ``bayer_rggb/bggr/gbrg/grbg`` 8 and 16 bit
+  (passthrough gives the raw mosaic, colour targets are demosaiced); YUV 4:2:2 ``yuv422`` (= ``uyvy``,
+  bytes U Y0 V Y1) and ``yuv422_yuy2`` (= ``yuyv``, bytes Y0 U Y1 V), passthrough ``HxWx2`` uint8, even
+  widths only (two pixels share U and V); generic ``<8U|8S|16U|16S|32S|32F|64F>C<n>`` with n = 1..512
+  (OpenCV's channel limit; a bare ``32F`` means one channel, as in cv_bridge).
+- Conversions (``desired_encoding``), as cv_bridge:
+  * to a generic (non-colour) encoding: the channel count must match; only the depth changes;
+  * to a colour encoding (mono, rgb, ...): the source must carry colour meaning, else refused as "does not
+    make sense" (32FC1 -> rgb8); colour conversion first, in the source depth, then the depth change.
+    Beyond cv_bridge, a generic unsigned 1/3/4-channel source counts as mono/BGR/BGRA (OpenCV's order)
+    and Bayer converts to RGBA/BGRA too. Nothing converts *to* Bayer or YUV.
+  * depth changes: 8 <-> 16 bit scale by 65535/255 (255 <-> 65535, rounded to nearest), any other pair
+    converts the values plainly (16UC1 1500 -> 32FC1 1500.0, no unit change: see ``depth.py`` for metres);
+    to an integer type values are rounded half to even and saturated, NaN becomes 0.
+- CompressedImage: only JPEG and PNG are accepted, and only after the size their header declares
+  (JPEG SOF, PNG IHDR; :mod:`groma_ros.ros.image_headers`) passed ``max_pixels``: nothing is decoded
+  before it is checked. TIFF, WebP, BMP, GIF and every other format OpenCV could sniff are refused. The
+  data's signature decides, as OpenCV's sniffing does; ``format`` only routes ``compressedDepth``.
+  ``compressedDepth``: PNG with or without image_transport's 12-byte header (16UC1, and 32FC1
+  inverse-depth quantisation); RVL is refused.
 
 Every malformed input raises :class:`ImageConversionError` (a ``ValueError``) naming the field and values.
 """
@@ -36,8 +46,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from groma_ros.ros.image_headers import PNG_SIGNATURE, HeaderError, declared_size
+
 DEFAULT_MAX_PIXELS = 8192 * 8192
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+MAX_CHANNELS = 512  # OpenCV's CV_CN_MAX
 _NATIVE_BIG = sys.byteorder == "big"
 
 
@@ -49,8 +61,9 @@ class ImageConversionError(ValueError):
 class EncodingInfo:
     """What an encoding string means: element dtype (native order), channel count, colour layout.
 
-    ``layout`` is one of ``rgb, bgr, rgba, bgra, mono, bayer_rggb, bayer_bggr, bayer_gbrg, bayer_grbg`` or
-    ``None`` (no colour meaning: signed, float, 2-channel). ``generic`` marks OpenCV-style names.
+    ``layout`` is one of ``rgb, bgr, rgba, bgra, mono, uyvy, yuyv, bayer_rggb, bayer_bggr, bayer_gbrg,
+    bayer_grbg`` or ``None`` (no colour meaning: signed, float, other channel counts). ``generic`` marks
+    OpenCV-style names; their layout (unsigned 1/3/4 channels) is used only as a conversion source.
     """
 
     name: str
@@ -63,6 +76,11 @@ class EncodingInfo:
     def bytes_per_pixel(self) -> int:
         return self.dtype.itemsize * self.channels
 
+    @property
+    def is_colour(self) -> bool:
+        """cv_bridge's "colour format" (isColor, isMono, isBayer or YUV 4:2:2)."""
+        return self.layout is not None and not self.generic
+
 
 def _named_table() -> dict[str, EncodingInfo]:
     table: dict[str, EncodingInfo] = {}
@@ -72,31 +90,35 @@ def _named_table() -> dict[str, EncodingInfo]:
         for pat in ("rggb", "bggr", "gbrg", "grbg"):
             name = f"bayer_{pat}{bits}"
             table[name] = EncodingInfo(name, dt, 1, f"bayer_{pat}")
+    for name, layout in (("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuv422_yuy2", "yuyv"), ("yuyv", "yuyv")):
+        table[name] = EncodingInfo(name, np.dtype(np.uint8), 2, layout)
     return table
 
 
 _NAMED = _named_table()
-_GENERIC_RE = re.compile(r"^(8|16|32|64)([USF])C([1-4])$")
+_GENERIC_RE = re.compile(r"^(8U|8S|16U|16S|32S|32F|64F)(?:C(\d+))?$")
 _GENERIC_DTYPES = {
     "8U": np.uint8, "8S": np.int8, "16U": np.uint16, "16S": np.int16,
     "32S": np.int32, "32F": np.float32, "64F": np.float64,
 }
 _GENERIC_LAYOUT = {1: "mono", 3: "bgr", 4: "bgra"}
+_YUV = ("uyvy", "yuyv")
 
 
 def encoding_info(encoding: str) -> EncodingInfo:
-    """Look up a ROS image encoding (case-insensitive for named ones); unknown -> ImageConversionError."""
+    """Look up a ROS image encoding (case-insensitive); unknown -> ImageConversionError."""
     enc = str(encoding).strip()
     info = _NAMED.get(enc.lower())
     if info is not None:
         return info
     m = _GENERIC_RE.match(enc.upper())
-    if m and (m.group(1) + m.group(2)) in _GENERIC_DTYPES:
-        dt = np.dtype(_GENERIC_DTYPES[m.group(1) + m.group(2)])
-        ch = int(m.group(3))
+    if m and 1 <= int(m.group(2) or 1) <= MAX_CHANNELS:
+        dt = np.dtype(_GENERIC_DTYPES[m.group(1)])
+        ch = int(m.group(2) or 1)
         layout = _GENERIC_LAYOUT.get(ch) if dt.kind == "u" else None
-        return EncodingInfo(enc.upper(), dt, ch, layout, generic=True)
-    known = ", ".join(sorted(_NAMED)) + ", <8|16|32|64><U|S|F>C<1-4> (e.g. 16UC1, 32FC1)"
+        return EncodingInfo(f"{m.group(1)}C{ch}", dt, ch, layout, generic=True)
+    known = (", ".join(sorted(_NAMED)) + f", <8U|8S|16U|16S|32S|32F|64F>C<1-{MAX_CHANNELS}> "
+             "(e.g. 16UC1, 32FC1, 8UC5)")
     raise ImageConversionError(f"unknown image encoding {encoding!r}; supported: {known}")
 
 
@@ -128,6 +150,12 @@ def _check_size(height: int, width: int, max_pixels: int, what: str) -> None:
         )
 
 
+def _check_even_width(info: EncodingInfo, width: int) -> None:
+    if info.layout in _YUV and width % 2:
+        raise ImageConversionError(f"{info.name} (YUV 4:2:2) needs an even width, got width={width}: two "
+                                   "horizontally adjacent pixels share one U and one V sample")
+
+
 def _raw_view(msg: Any, info: EncodingInfo, max_pixels: int) -> np.ndarray:
     """Native-order array over ``msg.data`` honouring ``step``; a copy only when byte-swapping."""
     try:
@@ -135,6 +163,7 @@ def _raw_view(msg: Any, info: EncodingInfo, max_pixels: int) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise ImageConversionError(f"Image height/width/step are not integers: {exc}") from exc
     _check_size(height, width, max_pixels, "Image")
+    _check_even_width(info, width)
     row_bytes = width * info.bytes_per_pixel
     if step < row_bytes:
         raise ImageConversionError(
@@ -163,9 +192,8 @@ _BAYER_CODES = {  # ROS pattern -> (OpenCV 5 name, legacy OpenCV 4 name); legacy
     "bayer_rggb": ("RGGB", "BG"), "bayer_bggr": ("BGGR", "RG"),
     "bayer_gbrg": ("GBRG", "GR"), "bayer_grbg": ("GRBG", "GB"),
 }
-
-
 _CV_LAYOUT_NAMES = {"mono": "GRAY", "rgb": "RGB", "bgr": "BGR", "rgba": "RGBA", "bgra": "BGRA"}
+_CV_YUV_NAMES = {"uyvy": "UYVY", "yuyv": "YUY2"}
 
 
 def _cv_code(src: str, dst: str) -> int:
@@ -174,6 +202,8 @@ def _cv_code(src: str, dst: str) -> int:
         new, old = _BAYER_CODES[src]
         code = getattr(cv2, f"COLOR_Bayer{new}2{target}", None)
         return code if code is not None else getattr(cv2, f"COLOR_Bayer{old}2{target}")
+    if src in _CV_YUV_NAMES:
+        return getattr(cv2, f"COLOR_YUV2{target}_{_CV_YUV_NAMES[src]}")
     return getattr(cv2, f"COLOR_{_CV_LAYOUT_NAMES[src]}2{target}")
 
 
@@ -187,37 +217,58 @@ def _change_layout(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
     return cv2.cvtColor(arr, _cv_code(src, dst))
 
 
+def _change_depth(arr: np.ndarray, dst: np.dtype) -> np.ndarray:
+    """cv_bridge's depth change (OpenCV ``convertTo``): 8 <-> 16 bit scaled by 65535/255, else plain;
+    integer targets rounded half to even and saturated, NaN -> 0. Returns ``arr`` itself if nothing changes."""
+    src = arr.dtype
+    if src == dst:
+        return arr
+    bits = (8 * src.itemsize, 8 * dst.itemsize)
+    if (src, dst) == (np.dtype(np.uint8), np.dtype(np.uint16)):
+        return arr.astype(np.uint16) * np.uint16(257)  # 65535/255 = 257 exactly
+    if (src, dst) == (np.dtype(np.uint16), np.dtype(np.uint8)):  # round(v * 255/65535): never a tie
+        return cv2.convertScaleAbs(arr if arr.flags.aligned else np.ascontiguousarray(arr), alpha=255.0 / 65535.0)
+    if dst.kind == "f":  # no float type has 8 or 16 bits: always a plain conversion
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, as in OpenCV
+            return arr.astype(dst)
+    val = arr.astype(np.float64)
+    scale = {(8, 16): 65535.0 / 255.0, (16, 8): 255.0 / 65535.0}.get(bits)
+    if scale is not None:  # signed 8 <-> 16 bit too: cv_bridge decides by bit depth alone
+        val *= scale
+    info = np.iinfo(dst)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(np.rint(val), nan=0.0).clip(info.min, info.max).astype(dst)
+
+
 def _convert(arr: np.ndarray, src: EncodingInfo, desired: str | None) -> np.ndarray:
-    """Convert ``arr`` (encoded as ``src``) to ``desired``; returns ``arr`` itself when nothing changes."""
+    """Convert ``arr`` (encoded as ``src``) to ``desired`` as cv_bridge does (module docstring); returns
+    ``arr`` itself when nothing changes."""
     if desired is None or desired in ("", "passthrough") or desired == src.name:
         return arr
     dst = encoding_info(desired)
-    if dst.generic or src.layout is None or dst.layout is None:
-        if dst.dtype == src.dtype and dst.channels == src.channels:
-            return arr  # reinterpretation, like cv_bridge
-        raise ImageConversionError(
-            f"cannot convert {src.name} to {dst.name}: only colour encodings convert; use 'passthrough' "
-            f"or an encoding with the same depth and channel count"
-        )
-    if dst.layout.startswith("bayer_"):
+    if not dst.is_colour:
+        if dst.channels != src.channels:
+            raise ImageConversionError(f"cannot convert {src.name} to {dst.name}: a non-colour target needs the "
+                                       f"same number of channels ({src.channels} vs {dst.channels})")
+        return _change_depth(arr, dst.dtype)
+    if src.layout is None:
+        raise ImageConversionError(f"cannot convert {src.name} to {dst.name}: {src.name} is not a colour format "
+                                   f"but {dst.name} is, the conversion does not make sense")
+    if dst.layout.startswith("bayer_") or dst.layout in _YUV:
         if dst.layout == src.layout and dst.dtype == src.dtype:
             return arr
-        raise ImageConversionError(f"cannot convert {src.name} to Bayer encoding {dst.name}")
-    out = arr
+        raise ImageConversionError(f"cannot convert {src.name} to {dst.name}: nothing converts to Bayer or "
+                                   "YUV encodings")
     try:
-        if src.dtype == np.uint16 and dst.dtype == np.uint8:
-            out = (out >> 8).astype(np.uint8)
-        out = _change_layout(out, src.layout, dst.layout)
-        if src.dtype == np.uint8 and dst.dtype == np.uint16:
-            out = out.astype(np.uint16) * np.uint16(257)
+        out = _change_layout(arr, src.layout, dst.layout)
     except cv2.error as exc:
         raise ImageConversionError(f"OpenCV failed converting {src.name} to {dst.name}: {exc}") from exc
-    return out
+    return _change_depth(out, dst.dtype)
 
 
 def imgmsg_to_cv2(msg: Any, desired_encoding: str = "passthrough", *,
                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Image -> numpy array (view when possible, see module doc); ``desired_encoding`` converts colour."""
+    """Image -> numpy array (view when possible, see module doc); ``desired_encoding`` converts."""
     info = encoding_info(msg.encoding)
     return _convert(_raw_view(msg, info, max_pixels), info, desired_encoding)
 
@@ -229,14 +280,15 @@ def _owned_rgb(arr: np.ndarray) -> np.ndarray:
 
 
 def imgmsg_to_rgb8(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Image -> one owned, C-contiguous ``HxWx3`` uint8 RGB array for the model (16-bit: ``>> 8``)."""
+    """Image -> one owned, C-contiguous ``HxWx3`` uint8 RGB array for the model (16-bit: scaled by 255/65535)."""
     return _owned_rgb(imgmsg_to_cv2(msg, "rgb8", max_pixels=max_pixels))
 
 
 def cv2_to_imgmsg(array_: np.ndarray, encoding: str = "passthrough", header: Any = None) -> Any:
     """numpy array -> ``sensor_msgs/Image`` (dense rows, native byte order flagged in ``is_bigendian``).
 
-    ``passthrough`` picks the generic encoding from dtype and channels (uint16 HxW -> ``16UC1``).
+    ``passthrough`` picks the generic encoding from dtype and channels (uint16 HxW -> ``16UC1``,
+    float32 HxWx10 -> ``32FC10``).
     """
     from sensor_msgs.msg import Image
 
@@ -252,6 +304,7 @@ def cv2_to_imgmsg(array_: np.ndarray, encoding: str = "passthrough", header: Any
             f"array dtype {arr.dtype} with {channels} channel(s) does not match encoding {info.name} "
             f"({info.dtype}, {info.channels} channel(s))"
         )
+    _check_even_width(info, arr.shape[1])
     arr = np.ascontiguousarray(arr.astype(info.dtype, copy=False))
     msg = Image()
     if header is not None:
@@ -269,37 +322,19 @@ def cv2_to_imgmsg(array_: np.ndarray, encoding: str = "passthrough", header: Any
 # --------------------------------------------------------------------------- CompressedImage
 
 
-def _peek_size(buf: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from a PNG IHDR or JPEG SOF header, without decoding; None if not found."""
-    head = bytes(buf[:32])
-    if head.startswith(_PNG_SIG) and len(head) >= 24:
-        return struct.unpack(">II", head[16:24])
-    if not head.startswith(b"\xff\xd8"):
-        return None
-    i, n = 2, buf.size
-    while i + 9 <= n:
-        if buf[i] != 0xFF:
-            return None
-        marker = int(buf[i + 1])
-        if marker == 0xFF:
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
-            i += 2
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", bytes(buf[i + 5:i + 9]))
-            return width, height
-        i += 2 + (int(buf[i + 2]) << 8 | int(buf[i + 3]))
-    return None
-
-
-def _imdecode(buf: np.ndarray, fmt: str, max_pixels: int) -> np.ndarray:
+def _imdecode(buf: np.ndarray, fmt: str, max_pixels: int, only: str | None = None) -> np.ndarray:
+    """Decode JPEG/PNG after checking the size its header declares; ``only`` restricts the format."""
     if buf.size == 0:
         raise ImageConversionError(f"CompressedImage.data is empty (format {fmt!r})")
-    size = _peek_size(buf)
-    if size is not None:
-        _check_size(size[1], size[0], max_pixels, f"CompressedImage (format {fmt!r}, header)")
+    data = buf.tobytes()
+    try:
+        kind, width, height = declared_size(data)
+    except HeaderError as exc:
+        raise ImageConversionError(f"cannot decode CompressedImage (format {fmt!r}, {buf.size} bytes): "
+                                   f"{exc}") from exc
+    if only is not None and kind != only:
+        raise ImageConversionError(f"CompressedImage (format {fmt!r}) holds {kind}, expected {only}")
+    _check_size(height, width, max_pixels, f"CompressedImage ({kind} header, format {fmt!r})")
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
@@ -307,8 +342,10 @@ def _imdecode(buf: np.ndarray, fmt: str, max_pixels: int) -> np.ndarray:
                                    f"{exc}") from exc
     if img is None or img.size == 0:
         raise ImageConversionError(f"cannot decode CompressedImage (format {fmt!r}, {buf.size} bytes): "
-                                   "not a valid image for OpenCV")
-    _check_size(img.shape[0], img.shape[1], max_pixels, "decoded CompressedImage")
+                                   f"not a valid {kind} image for OpenCV")
+    if img.shape[:2] != (height, width):
+        raise ImageConversionError(f"CompressedImage {kind} decoded to {img.shape[1]}x{img.shape[0]} but its "
+                                   f"header declares {width}x{height}")
     return img
 
 
@@ -338,13 +375,13 @@ def _decode_compressed_depth(buf: np.ndarray, fmt: str, orig: str | None, max_pi
         raise ImageConversionError(f"compressedDepth needs original encoding 16UC1 or 32FC1, got {orig!r} "
                                    f"(format {fmt!r})")
     head = bytes(buf[:20])
-    if head.startswith(_PNG_SIG):
+    if head.startswith(PNG_SIGNATURE):
         offset = 0
-    elif head[12:20] == _PNG_SIG:
+    elif head[12:20] == PNG_SIGNATURE:
         offset = 12
     else:
         raise ImageConversionError(f"compressedDepth data is not PNG (at offset 0 or 12; format {fmt!r})")
-    img = _imdecode(buf[offset:], fmt, max_pixels)
+    img = _imdecode(buf[offset:], fmt, max_pixels, only="png")
     if img.dtype != np.uint16 or img.ndim != 2:
         raise ImageConversionError(f"compressedDepth PNG must be 16-bit single channel, got {img.dtype} "
                                    f"{img.shape}")
@@ -354,7 +391,7 @@ def _decode_compressed_depth(buf: np.ndarray, fmt: str, orig: str | None, max_pi
         raise ImageConversionError("compressedDepth 32FC1 lacks the 12-byte quantisation header")
     _, quant_a, quant_b = struct.unpack("<iff", head[:12])
     inv = img.astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         depth = np.float32(quant_a) / (inv - np.float32(quant_b))
     depth[img == 0] = np.nan
     return depth
@@ -362,8 +399,8 @@ def _decode_compressed_depth(buf: np.ndarray, fmt: str, orig: str | None, max_pi
 
 def compressed_imgmsg_to_cv2(msg: Any, desired_encoding: str = "passthrough", *,
                              max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """CompressedImage -> array. ``passthrough`` gives what OpenCV decodes (BGR order for colour,
-    uint16 for 16-bit PNG; compressedDepth gives 16UC1 mm or 32FC1 m)."""
+    """CompressedImage (JPEG or PNG, see module doc) -> array. ``passthrough`` gives what OpenCV decodes
+    (BGR order for colour, uint16 for 16-bit PNG; compressedDepth gives 16UC1 mm or 32FC1 m)."""
     fmt = str(msg.format)
     orig, rest = parse_compressed_format(fmt)
     buf = _byte_view(msg.data, "CompressedImage")
@@ -379,23 +416,37 @@ def compressed_to_rgb8(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     return _owned_rgb(compressed_imgmsg_to_cv2(msg, "rgb8", max_pixels=max_pixels))
 
 
-def cv2_to_compressed_imgmsg(array_: np.ndarray, dst_format: str = "jpeg", encoding: str = "bgr8",
-                             header: Any = None, *, jpeg_quality: int = 90, png_level: int = 3) -> Any:
-    """Array in ``encoding`` -> CompressedImage with image_transport's ``"<enc>; <fmt> compressed <enc2>"``.
+_ARRAY_ENCODINGS = {1: "mono", 3: "bgr", 4: "bgra"}  # OpenCV's order, as imencode reads the array
 
-    jpeg takes 8-bit mono/colour (alpha dropped); png also takes 16-bit and keeps alpha.
+
+def cv2_to_compressed_imgmsg(array_: np.ndarray, dst_format: str = "jpeg", encoding: str | None = None,
+                             header: Any = None, *, jpeg_quality: int = 90, png_level: int = 3) -> Any:
+    """Array -> CompressedImage with image_transport's ``"<enc>; <fmt> compressed <enc2>"`` format.
+
+    ``encoding`` says what the array holds; without it the array decides, as cv_bridge's ``imencode``
+    of the array does: HxW -> mono8/mono16, HxWx3 -> bgr8/bgr16, HxWx4 -> bgra8/bgra16 (generic unsigned
+    encodings such as 16UC1 are taken the same way). jpeg takes 8-bit mono/colour (alpha dropped); png also
+    takes 16-bit and keeps alpha. Float, signed, Bayer, YUV and other channel counts have no compressed form
+    here: refused (publish a raw Image).
     """
     from sensor_msgs.msg import CompressedImage
 
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png"}.get(str(dst_format).strip().lower())
     if fmt is None:
         raise ImageConversionError(f"dst_format must be 'jpeg' or 'png', got {dst_format!r}")
-    info = encoding_info(encoding)
     arr = np.asarray(array_)
     channels = 1 if arr.ndim == 2 else (arr.shape[2] if arr.ndim == 3 else -1)
+    if encoding is None:
+        bits = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(arr.dtype.newbyteorder("="))
+        layout = _ARRAY_ENCODINGS.get(channels)
+        if bits is None or layout is None or arr.size == 0:
+            raise ImageConversionError(f"cannot compress a {arr.dtype} array of shape {arr.shape}: {fmt} takes "
+                                       "HxW, HxWx3 (BGR) or HxWx4 (BGRA) uint8 (png: or uint16)")
+        encoding = f"{layout}{bits}"
+    info = encoding_info(encoding)
     if arr.ndim not in (2, 3) or arr.size == 0 or arr.dtype != info.dtype or channels != info.channels:
         raise ImageConversionError(f"array {arr.dtype} {arr.shape} does not match encoding {info.name}")
-    if info.layout is None or info.layout.startswith("bayer_"):
+    if info.layout is None or info.layout.startswith("bayer_") or info.layout in _YUV:
         raise ImageConversionError(f"cannot compress encoding {info.name}; publish a raw Image")
     if fmt == "jpeg" and info.dtype != np.uint8:
         raise ImageConversionError(f"jpeg needs 8-bit data, encoding {info.name} is 16-bit; use png")
@@ -415,3 +466,4 @@ def cv2_to_compressed_imgmsg(array_: np.ndarray, dst_format: str = "jpeg", encod
     data.frombytes(enc.reshape(-1))
     msg.data = data
     return msg
+

@@ -5,13 +5,21 @@ image stamp. Kept apart from the node so the node only wires topics to it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from groma_ros.engine.types import Answer
 from groma_ros.ros import messages
-from groma_ros.ros.depth import CameraIntrinsics, box_to_depth_box, depth_to_meters, lift_box
+from groma_ros.ros.depth import (
+    DEFAULT_MAX_DEPTH_M,
+    CameraInfoError,
+    CameraIntrinsics,
+    box_to_depth_box,
+    depth_to_meters,
+    lift_box,
+)
 from groma_ros.ros.frame_buffer import FrameBuffer, stamp_to_ns
 
 Point3 = tuple[float, float, float]
@@ -64,18 +72,20 @@ class TransformSource:
 class DepthLifter:
     """One camera's depth frames and camera infos; lifts an answer's boxes on request.
 
-    ``max_stamp_diff_s``, ``target_frame`` and ``tf_timeout_s`` are plain attributes: the node changes them
-    at run time and the next ``lift`` uses the new values.
+    ``max_stamp_diff_s``, ``target_frame``, ``tf_timeout_s`` and ``max_depth_m`` (depth samples beyond it are
+    ignored) are plain attributes: the node changes them at run time and the next ``lift`` uses the new values.
     """
 
     def __init__(self, buffer_size: int, max_stamp_diff_s: float, target_frame: str, tf_timeout_s: float,
-                 warn_once: Callable[[str, str], None], transforms: TransformSource | None = None) -> None:
+                 warn_once: Callable[[str, str], None], transforms: TransformSource | None = None,
+                 max_depth_m: float = DEFAULT_MAX_DEPTH_M) -> None:
         self.depths: FrameBuffer[Any] = FrameBuffer(buffer_size)
         self.depth_info: Any = None
         self.camera_info: Any = None
         self.max_stamp_diff_s = max_stamp_diff_s
         self.target_frame = target_frame
         self.tf_timeout_s = tf_timeout_s
+        self.max_depth_m = max_depth_m
         self._warn_once = warn_once
         self._transforms = transforms
 
@@ -92,7 +102,13 @@ class DepthLifter:
         self.depths.clear()
 
     def lift(self, answer: Answer, image_header: Any) -> Lifted | None:
-        """Median depth in each box, back-projected with the depth intrinsics; None without depth."""
+        """Median depth in each box, back-projected with the depth camera's P; None without depth.
+
+        Insane input gives no 3-D and one warning per cause (``warn_once`` keys ``depth_camera_info:<field>``
+        for a CameraInfo outside the sanity bounds of :mod:`groma_ros.ros.depth`, ``depth_sanity:<cause>``
+        for ignored depth samples or dropped points): no 3-D at all for a bad CameraInfo, none for the
+        affected box otherwise.
+        """
         found = self.depths.nearest(stamp_to_ns(image_header.stamp), int(self.max_stamp_diff_s * 1e9))
         info = self.depth_info or self.camera_info
         if found is None or info is None:
@@ -101,20 +117,33 @@ class DepthLifter:
             return None
         depth_msg = found.msg
         depth_m = depth_to_meters(depth_msg)
-        intrinsics = CameraIntrinsics.from_camera_info(info)
         dh, dw = depth_m.shape
-        if (intrinsics.width, intrinsics.height) != (dw, dh) and intrinsics.width > 0:
-            intrinsics = intrinsics.scaled(dw, dh)
+        try:
+            intrinsics = CameraIntrinsics.from_camera_info(info)
+            if (intrinsics.width, intrinsics.height) != (dw, dh) and intrinsics.width > 0 and intrinsics.height > 0:
+                intrinsics = intrinsics.scaled(dw, dh)
+                intrinsics.check(f"CameraInfo scaled to the {dw}x{dh} depth image")
+        except CameraInfoError as exc:
+            self._warn_once(f"depth_camera_info:{exc.cause}", f"3-D lifting skipped: {exc}")
+            return None
         frame = depth_msg.header.frame_id or intrinsics.frame_id
         result = Lifted(frame_id=self._output_frame(frame), source_frame_id=frame)
+
+        def report(cause: str, text: str) -> None:
+            self._warn_once(f"depth_sanity:{cause}", f"3-D: {text} (depth frame {frame!r})")
+
         points: list[Point3 | None] = []
         for n, (phrase, _start, _end, region) in enumerate(messages.detection_pairs(answer)):
             box = box_to_depth_box(region.box, answer.image_size, (dw, dh))
-            lifted = lift_box(depth_m, box, intrinsics)
+            lifted = lift_box(depth_m, box, intrinsics, max_depth_m=self.max_depth_m, report=report)
             points.append(None if lifted is None else lifted.point)
-            if lifted is not None:
-                centre = self._to_output_frame(lifted.point, frame, depth_msg.header.stamp)
-                result.detections.append((n, phrase, region.score, centre, lifted.size, lifted.valid_points))
+            if lifted is None:
+                continue
+            centre = self._to_output_frame(lifted.point, frame, depth_msg.header.stamp)
+            if not all(math.isfinite(c) for c in centre):
+                report("transform", f"the transform to {self.target_frame!r} gives {centre}; dropped")
+                continue
+            result.detections.append((n, phrase, region.score, centre, lifted.size, lifted.valid_points))
         # 2-D detections carry the centroid only when it is in their own (image) frame
         result.points = points if frame in (image_header.frame_id, "") else None
         return result

@@ -266,7 +266,7 @@ class GromaNode(LifecycleNode):
         lifter = None
         if settings.use_depth:
             lifter = DepthLifter(p.frame_buffer_size, p.depth_max_stamp_diff_s, p.target_frame, p.tf_timeout_s,
-                                 warn, self._transforms)
+                                 warn, self._transforms, max_depth_m=p.depth_max_m)
         return CameraInput(settings, p.frame_buffer_size, lifter, lambda: self.get_clock().now().nanoseconds,
                            self._warn_once)
 
@@ -371,6 +371,7 @@ class GromaNode(LifecycleNode):
                 camera.lifter.max_stamp_diff_s = p.depth_max_stamp_diff_s
                 camera.lifter.target_frame = p.target_frame
                 camera.lifter.tf_timeout_s = p.tf_timeout_s
+                camera.lifter.max_depth_m = p.depth_max_m
 
     # ------------------------------------------------------------------ query input
     def _next_query_id(self) -> str:

@@ -51,6 +51,8 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("use_depth", False, "Subscribe to `depth/image` + `depth/camera_info` and publish 3-D detections."),
     ParamSpec("depth_max_stamp_diff_s", 0.1, "Largest |depth stamp - image stamp| for a depth frame to be used.",
               min=0.0, max=10.0, read_only=False),
+    ParamSpec("depth_max_m", 100.0, "Depth samples farther than this (m) are ignored as invalid; 3-D beyond it "
+              "is never published.", min=0.1, max=10000.0, read_only=False),
     ParamSpec("target_frame", "",
               "Frame for 3-D outputs (needs tf2_ros); empty = the camera optical frame.", read_only=False),
     ParamSpec("tf_timeout_s", 0.2, "How long to wait for the transform at the image stamp.", min=0.0, max=10.0,
@@ -109,6 +111,7 @@ class NodeParams:
     max_new_tokens: int
     use_depth: bool
     depth_max_stamp_diff_s: float
+    depth_max_m: float
     target_frame: str
     tf_timeout_s: float
     publish_debug_image: bool

@@ -4,7 +4,8 @@
 them as a released-format checkpoint (config.json + pytorch_model.bin, 4.32 key names incl. aliases),
 loads it with ``GromaForConditionalGeneration.from_pretrained``, runs the fixture image and prompts
 (imposing the recorded region permutation) and compares every array of ``expected.npz`` within the
-fixture README §7 tolerances.
+fixture README §7 tolerances; then a case with three user boxes whose expected values are derived from
+the released semantics (:mod:`groma_ros.tools.parity_multi_box`).
 Prints one line per output and exits 0 only if all pass. ``tests/model/test_parity.py`` calls ``run_parity``.
 """
 
@@ -239,6 +240,7 @@ def run_parity(
                 results.append(Comparison(name, False, float("inf"), float("inf"), "not produced"))
             else:
                 results.append(compare(name, got[name], expected[name]))
+        results += _multi_box_comparisons(model, vision, pixels, expected, prompts, fixture_dir)
         if timing:
             log(f"timing ({device}, {threads} threads): encode_image {t_vision * 1e3:.0f} ms")
             for p, total, n in timings:
@@ -247,6 +249,49 @@ def run_parity(
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _multi_box_comparisons(model, vision, pixels, expected, prompts, fixture_dir: Path) -> list[Comparison]:
+    """The several-user-box case of :mod:`groma_ros.tools.parity_multi_box` through the model's own path."""
+    from groma_ros.tools import parity_multi_box as mb
+
+    meta = json.loads((fixture_dir / "meta.json").read_text())
+    tok, thr = meta["token_ids"], meta["thresholds"]
+    refer = next(p for p in prompts if p["name"] == "refer")
+    ids = mb.prompt_ids(list(refer["input_ids"]), tok)
+    users = mb.user_boxes(expected)
+    ref = mb.released_selection(expected["proposal_boxes"], expected["proposal_score_fused"], users,
+                                thr["nms_thres"], thr["box_score_thres"], thr["max_region_num"])
+    rewritten, llm_ids = mb.expected_ids(ids, ref.refer_match, len(ref.nms_keep),
+                                         model.config.num_image_tokens, tok)
+    region_tokens = mb.recorded_region_tokens(expected, ref.region_boxes)
+    max_new = int(refer.get("max_new_tokens", 10))
+    ref_tokens, ref_logits = mb.reference_greedy(model, vision.image_tokens[0], llm_ids, region_tokens,
+                                                 ref.refer_match, tok, max_new)
+    want = {
+        "nms_keep": ref.nms_keep, "nms_kept_boxes": ref.kept_boxes, "perm": ref.perm,
+        "region_boxes": ref.region_boxes, "refer_match": ref.refer_match,
+        "input_ids_after_refer": rewritten, "llm_input_ids": llm_ids, "region_tokens": region_tokens,
+        "gen_tokens": ref_tokens.numpy(), "gen_step_logits": ref_logits.float().cpu().numpy(),
+    }
+    user_t = torch.from_numpy(users)
+    selection = model.select_regions(vision.proposal_boxes[0], vision.proposal_scores[0], user_t)
+    gen = model.generate_greedy(pixels, torch.tensor(ids)[None], user_t, max_new_tokens=max_new,
+                                order=torch.from_numpy(ref.perm), vision=vision)
+    pre = gen.prefill
+    got = {
+        "nms_keep": selection.nms_keep, "nms_kept_boxes": selection.boxes, "perm": ref.perm,
+        "region_boxes": pre.selection.boxes, "refer_match": pre.selection.refer_match,
+        "input_ids_after_refer": pre.expanded.prompt_ids[0], "llm_input_ids": pre.expanded.input_ids[0],
+        "region_tokens": pre.region_tokens, "gen_tokens": gen.tokens, "gen_step_logits": gen.step_logits,
+    }
+    results = [compare(f"{mb.NAME}_{k}", got[k], v) for k, v in want.items()]
+    top2 = torch.topk(ref_logits.float(), 2, dim=-1).values
+    margins = {"nms IoU": (ref.nms_iou_margin, 1e-3), "refer IoU": (ref.refer_margin, 0.05),
+               "greedy logit": (float((top2[:, 0] - top2[:, 1]).min()), 2e-3)}
+    for what, (value, floor) in margins.items():  # the case decides nothing by a hair
+        results.append(Comparison(f"{mb.NAME}_margin {what}", value > floor, value, 0.0, f"> {floor:g}"))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,11 @@
-"""Operator semantics: RoIAlign (mmcv CUDA), NMS (mmcv), IoU helpers."""
+"""Operator semantics: RoIAlign (mmcv CUDA), NMS (mmcv), IoU helpers, the tie order of mmcv's sort."""
 
+import random
+
+import pytest
 import torch
 
-from groma_ros.model.ops import box_iou, cxcywh_to_xyxy, first_argmax, nms, roi_align
+from groma_ros.model.ops import box_iou, cxcywh_to_xyxy, descending_order, first_argmax, nms, roi_align
 
 
 def _bilinear(feat, y, x):
@@ -77,7 +80,7 @@ def test_nms_follows_mmcv():
     assert nms(boxes, scores, 0.99, 0.0).tolist() == [3, 0, 1, 2, 4]
     assert nms(boxes, scores, 0.6, 0.99).numel() == 0
     tied = nms(boxes[[2, 4]], torch.tensor([1.0, 1.0]), 0.6, 0.15)
-    assert tied.tolist() == [0, 1]  # equal scores keep candidate order
+    assert tied.tolist() == [0, 1]  # up to 16 candidates, equal scores keep candidate order
 
 
 def test_iou_and_first_argmax():
@@ -87,3 +90,67 @@ def test_iou_and_first_argmax():
     assert torch.allclose(iou, torch.tensor([[1.0, 0.25, 1.0]]))
     assert first_argmax(iou).tolist() == [0]
     assert first_argmax(torch.tensor([[0.0, 2.0, 2.0], [3.0, 1.0, 3.0]])).tolist() == [1, 0]
+
+
+def _cpu_sort_order(keys: list[float]) -> list[int]:
+    """What the original's mmcv NMS runs: torch's default (unstable) descending sort on the CPU."""
+    return torch.sort(torch.tensor(keys, dtype=torch.float32), descending=True).indices.tolist()
+
+
+def _quicksort_killer(n: int) -> list[float]:
+    """McIlroy's adversary ("A killer adversary for quicksort", 1999) run against ``descending_order``:
+    an input on which its quicksort phase degenerates, so the heapsort fallback runs."""
+    gas, val, state = n, [n] * n, {"candidate": -1, "solid": 0}
+
+    class Probe(float):
+        def __new__(cls, i):
+            obj = super().__new__(cls, 0.0)
+            obj.i = i
+            return obj
+
+        def __gt__(self, other):  # "self sorts before other"
+            x, y = self.i, other.i
+            if val[x] == gas and val[y] == gas:
+                val[x if x == state["candidate"] else y] = state["solid"]
+                state["solid"] += 1
+            if val[x] == gas:
+                state["candidate"] = x
+            elif val[y] == gas:
+                state["candidate"] = y
+            return val[x] < val[y]
+
+    from groma_ros.model import ops
+
+    ops._introsort_descending([Probe(i) for i in range(n)])
+    return [-float(v // 2) for v in val]  # pairs of equal keys, so the heapsort runs with ties
+
+
+@pytest.mark.parametrize("proposals", [0, 10, 14, 15, 30, 47, 48, 50, 100, 280, 298, 300])
+@pytest.mark.parametrize("user_boxes", [2, 3, 4, 5])
+def test_tie_order_is_the_cpu_sort_of_the_original(proposals, user_boxes):
+    """Proposals (distinct scores below 1) followed by user boxes at exactly 1.0, as the original builds
+    its candidates: the tied user boxes come out in the order torch's CPU sort puts them."""
+    rng = random.Random(proposals * 10 + user_boxes)
+    keys = [float(torch.tensor(rng.uniform(0.0, 0.99))) for _ in range(proposals)] + [1.0] * user_boxes
+    assert descending_order(torch.tensor(keys)).tolist() == _cpu_sort_order(keys)
+
+
+def test_tie_order_matches_the_cpu_sort_on_heavy_ties_and_the_heapsort_path():
+    rng = random.Random(7)
+    cases = [[float(rng.randint(0, 3)) for _ in range(rng.randint(0, 400))] for _ in range(150)]
+    cases += [sorted(float(rng.randint(0, 5)) for _ in range(n)) for n in (17, 33, 301)]
+    cases += [[1.0] * 305, [float(i % 7) for i in range(300)], [float("nan"), 1.0, 0.5] * 9]
+    cases += [_quicksort_killer(n) for n in (60, 300)]
+    for keys in cases:
+        assert descending_order(torch.tensor(keys)).tolist() == _cpu_sort_order(keys), len(keys)
+
+
+def test_tie_order_changes_which_user_box_nms_keeps():
+    """Two overlapping user boxes (IoU 0.8 > 0.6) after 20 proposals: the CPU sort puts the later one first,
+    so it is the one kept; a stable sort would keep the earlier one."""
+    far = torch.tensor([[100.0 + 3 * i, 100.0, 101.0 + 3 * i, 101.0] for i in range(20)])
+    users = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 8.0]])
+    scores = torch.cat([torch.linspace(0.9, 0.2, 20), torch.ones(2)])
+    keep = nms(torch.cat([far, users]), scores, 0.6, 0.15)
+    assert _cpu_sort_order(scores.tolist())[:2] == [21, 20]
+    assert keep.tolist() == [21] + list(range(20))

@@ -12,6 +12,7 @@ pytest.importorskip("sensor_msgs.msg")
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from groma_ros.ros.depth import (  # noqa: E402
+    CameraInfoError,
     CameraIntrinsics,
     box_to_depth_box,
     depth_to_meters,
@@ -92,14 +93,18 @@ def test_intrinsics_from_camera_info():
     k = CameraIntrinsics.from_camera_info(camera_info())
     assert (k.fx, k.fy, k.cx, k.cy, k.width, k.height, k.frame_id) == (FX, FY, CX, CY, W, H,
                                                                          "depth_optical_frame")
-    assert CameraIntrinsics.from_camera_info(camera_info(), use_projection=True) == k
+    assert (k.tx, k.ty) == (0.0, 0.0)
+    assert CameraIntrinsics.from_camera_info(camera_info(), use_projection=False) == k
     binned = camera_info()
     binned.binning_x = binned.binning_y = 2
     kb = CameraIntrinsics.from_camera_info(binned)
     assert (kb.fx, kb.cx, kb.width, kb.height) == (FX / 2, CX / 2, W // 2, H // 2)
-    with pytest.raises(ValueError, match="all zeros: the camera is uncalibrated"):
+    k_only = camera_info()
+    k_only.p = [0.0] * 12  # drivers that never rectify leave P unset: K is the model
+    assert CameraIntrinsics.from_camera_info(k_only) == k
+    with pytest.raises(CameraInfoError, match="all zeros: the camera is uncalibrated"):
         CameraIntrinsics.from_camera_info(CameraInfo(width=W, height=H))
-    with pytest.raises(ValueError, match="focal lengths must be > 0"):
+    with pytest.raises(CameraInfoError, match=r"focal lengths fx=-1, fy=530 px .* outside \[1, 1e\+06\]"):
         CameraIntrinsics.from_camera_info(camera_info(fx=-1.0))
 
 

@@ -175,7 +175,7 @@ def test_every_lifecycle_state_answers(model_dir, ros_context, tmp_path):
                 peer.query.publish(String(data=text))
                 expected[text] = status_text
             goals = peer.send_goals([Ground.Goal(query=f"{tag} goal {i}") for i in range(3)])
-            assert peer.spin_until(lambda: all(f.done() for f in goals), 20)
+            assert peer.spin_until(lambda: all(f.done() for f in goals), 60)
             for i, f in enumerate(goals):
                 expected[f"{tag} goal {i}"] = status_text
                 f.result().get_result_async()
@@ -183,6 +183,7 @@ def test_every_lifecycle_state_answers(model_dir, ros_context, tmp_path):
         ask_all("unconfigured", "state: unconfigured")
         assert peer.spin_until(lambda: len(peer.answers) >= 8, 20)
         # queries sent while configure loads the model are answered after it (the executor is busy meanwhile)
+        assert peer.change_state.wait_for_service(timeout_sec=10)
         configure = peer.change_state.call_async(
             ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
         ask_all("configuring", "")

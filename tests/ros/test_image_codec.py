@@ -117,11 +117,12 @@ def test_imgmsg_to_rgb8_colour(encoding, convert):
 
 
 @pytest.mark.parametrize("encoding", ["mono8", "8UC1", "mono16", "16UC1"])
-def test_imgmsg_to_rgb8_mono_and_16bit_shift(encoding):
+def test_imgmsg_to_rgb8_mono_and_16bit_scaling(encoding):
     dtype, _ = ENCODINGS[encoding]
     arr = random_array(dtype, 1)
     out = imgmsg_to_rgb8(make_image(arr, encoding, bigendian=dtype == np.uint16))
-    expect = (arr >> 8).astype(np.uint8) if dtype == np.uint16 else arr
+    # cv_bridge: 16 -> 8 bit is convertTo(..., 255/65535), i.e. round(v / 257)
+    expect = np.rint(arr / 257.0).astype(np.uint8) if dtype == np.uint16 else arr
     for c in range(3):
         np.testing.assert_array_equal(out[..., c], expect)
 
@@ -159,7 +160,10 @@ def test_encoding_info_table():
     assert encoding_info("16UC1").dtype == np.uint16 and encoding_info("16uc1").name == "16UC1"
     assert encoding_info("RGB8").layout == "rgb"
     assert encoding_info("8UC3").layout == "bgr" and encoding_info("32FC1").layout is None
-    for bad in ("8FC1", "32UC1", "16UC5", "rgb9", ""):
+    assert encoding_info("yuv422").layout == "uyvy" and encoding_info("YUYV").layout == "yuyv"
+    assert (encoding_info("16UC5").channels, encoding_info("32FC512").channels) == (5, 512)
+    assert encoding_info("32F").name == "32FC1"  # a bare depth is one channel, as in cv_bridge
+    for bad in ("8FC1", "32UC1", "16UC0", "8UC513", "8UC", "rgb9", "nv12", ""):
         with pytest.raises(ImageConversionError, match="unknown image encoding"):
             encoding_info(bad)
 
@@ -208,7 +212,8 @@ def test_cv2_to_imgmsg_rejects_mismatch():
 
 # --------------------------------------------------------------------------------------- fuzz
 
-_FUZZ_ENCODINGS = sorted(ENCODINGS) + ["", "rgb", "16UC9", "nv12", "32FC3", "8UC2", "bayer_rggb16"]
+_FUZZ_ENCODINGS = sorted(ENCODINGS) + ["", "rgb", "16UC9", "nv12", "32FC3", "8UC2", "bayer_rggb16", "yuv422",
+                                        "yuv422_yuy2", "8UC5", "32FC10", "16SC600"]
 _DIMS = st.one_of(st.integers(0, 40), st.sampled_from([2**31 - 1, 2**32 - 1, 100_000, 8193]))
 
 
@@ -216,7 +221,8 @@ _DIMS = st.one_of(st.integers(0, 40), st.sampled_from([2**31 - 1, 2**32 - 1, 100
 @given(encoding=st.sampled_from(_FUZZ_ENCODINGS), height=_DIMS, width=_DIMS,
        step=st.one_of(st.integers(0, 400), st.sampled_from([2**32 - 1, 2**31])),
        data_len=st.integers(0, 5000), bigendian=st.integers(0, 1),
-       desired=st.sampled_from(["passthrough", "rgb8", "bgr8", "mono8", "mono16", "16UC1", "32FC1", "x"]),
+       desired=st.sampled_from(["passthrough", "rgb8", "bgr8", "mono8", "mono16", "16UC1", "32FC1", "x", "32FC3",
+                                "8UC2", "yuv422", "bgra16", "64FC10"]),
        near=st.booleans(), step_delta=st.integers(-3, 5), len_delta=st.integers(-3, 5))
 def test_fuzz_raw_images_only_raise_image_conversion_error(encoding, height, width, step, data_len,
                                                             bigendian, desired, near, step_delta, len_delta):

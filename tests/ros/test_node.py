@@ -21,12 +21,13 @@ from groma_ros.action import Ground  # noqa: E402
 from groma_ros.msg import GroundedAnswer, GroundedDetection3DArray  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from groma_ros.ros.image_codec import cv2_to_compressed_imgmsg, cv2_to_imgmsg  # noqa: E402
 from groma_ros.ros.messages import box_to_msg  # noqa: E402
+from groma_ros.testing import image_bombs  # noqa: E402
 from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
 from groma_ros.testing.node_harness import Peer, scene_image, start_node, stop_node  # noqa: E402
 
@@ -146,8 +147,9 @@ def test_action_streams_feedback_and_returns_the_answer(node):
     assert answer.completion_tokens == 6
     stages = [f.stage for f in feedback]
     assert Ground.Feedback.STAGE_PERCEIVING in stages and Ground.Feedback.STAGE_GENERATING in stages
-    partial = [f.partial_text for f in feedback if f.stage == Ground.Feedback.STAGE_GENERATING]
-    assert partial[-1] == answer.text  # parsed text, as the answer: phrases without tags
+    # the last feedback (parsed text, as the answer: phrases without tags) may trail the result on the wire
+    assert peer.spin_until(lambda: [f.partial_text for f in feedback][-1] == answer.text, 5), \
+        ([f.partial_text for f in feedback], answer.text)
     assert peer.spin_until(lambda: any(a.query_id == answer.query_id for a in peer.answers), 5)
 
 
@@ -301,6 +303,32 @@ def test_depth_lifts_boxes_to_3d_points(node, encoding, z):
     assert all(m.header.frame_id == "cam_optical_frame" for m in peer.markers[-1].markers)
 
 
+@pytest.mark.parametrize("defect", ["depth_1e38", "binning", "roi_offset"])
+def test_insane_depth_or_intrinsics_publish_no_3d(node, defect):
+    peer, proc, log = node
+    stamp = peer.stamp_now()
+    header = Header(stamp=stamp, frame_id="cam_optical_frame")
+    info = camera_info(header)
+    depth = np.full((H, W), 1.5, np.float32)
+    if defect == "depth_1e38":
+        depth[:] = 1e38
+    elif defect == "binning":
+        info.binning_x = 2**32 - 1
+    else:
+        info.roi.x_offset, info.roi.width, info.roi.height = 2**31, W, H
+    peer.depth_info.publish(info)
+    peer.depth.publish(cv2_to_imgmsg(depth, "32FC1", header))
+    peer.publish_frame(stamp=stamp)
+    answer = peer.result_of(peer.send_goal(Ground.Goal(task=GroundedAnswer.DETECT, lift_3d=True,
+                                                       image_stamp=stamp)))
+    assert answer.status == GroundedAnswer.OK and answer.detections.detections  # the 2-D answer stands
+    peer.pause(0.5)
+    assert not [a for a in peer.answers_3d if a.query_id == answer.query_id and a.detections]
+    for det in answer.detections.detections:
+        assert det.results[0].pose.covariance[0] == -1.0  # no 3-D centroid claimed
+    assert proc.poll() is None
+
+
 def test_debug_image_is_published_only_while_someone_listens(node):
     peer, _, _ = node
     header = peer.publish_frame()
@@ -381,6 +409,26 @@ def test_compressed_transport(model_dir, ros_context, tmp_path):
         assert answer.status == GroundedAnswer.OK, answer.error
         assert answer.header == header
         assert (answer.detections.image_width, answer.detections.image_height) == (W, H)
+        # size bombs: refused from their declared size before any decode, at no memory cost to the node
+        psutil = pytest.importorskip("psutil")
+        node = psutil.Process(proc.pid)
+        rss0 = node.memory_info().rss
+        bombs = {"tiff": image_bombs.tiff_bomb(), "png": image_bombs.png_bomb(),
+                 "jpeg": image_bombs.jpeg_with_size(image_bombs.small_jpeg(), 60000, 60000),
+                 "jpeg_junk_sof": image_bombs.jpeg_with_size(image_bombs.small_jpeg(), 30000, 30000, b"\x00")}
+        for name, data in bombs.items():
+            for attempt in range(10):  # best-effort transport: resend until the node answers on this frame
+                bomb = Header(stamp=peer.stamp_now(), frame_id="cam")
+                peer.compressed.publish(CompressedImage(header=bomb, format="jpeg", data=data))
+                peer.spin_until(lambda: False, 0.3)
+                answer = peer.ask(f"where is the red square ({name} {attempt})?")
+                if answer.header == bomb:
+                    break
+            assert answer.header == bomb, name
+            assert answer.status == GroundedAnswer.NO_IMAGE and "could not be decoded" in answer.error, name
+        growth_mb = (node.memory_info().rss - rss0) / 2**20
+        assert growth_mb < 50, growth_mb
+        assert proc.poll() is None
     finally:
         stop_node(proc)
         peer.node.destroy_node()

@@ -36,7 +36,6 @@ from .texts import RELATIONS, TextConfig, TextSample, _attr_expression, _rel_sco
 FOLLOWUP_KINDS: tuple[str, ...] = ("other", "relation", "comparative", "attribute")
 COMPARATIVES: dict[str, int] = {"bigger": 1, "smaller": -1}  # word -> sign of the size-rank difference to R
 ATTRIBUTE_WORDS: dict[str, str] = {"colour": "color", "shape": "shape", "size": "size"}
-DIALOGUE_WORDS: frozenset[str] = frozenset({"other", "one", "it", "and", *COMPARATIVES})
 THIRD_TURN_PROB = 0.5  # dialogues that get a third turn (about the second turn's referent)
 
 _OTHER_RE = re.compile(r"^the other one$")

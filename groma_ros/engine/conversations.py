@@ -255,6 +255,19 @@ class ConversationStore:
                 return None
             return conv
 
+    def claim(self, conversation_id: str) -> Conversation | None:
+        """``get`` and mark it ``busy`` in one step (a turn starts: idle expiry and memory eviction skip it)."""
+        with self._lock:
+            conv = self.get(conversation_id)
+            if conv is not None:
+                conv.busy = True
+            return conv
+
+    def release(self, conv: Conversation) -> None:
+        """The turn on ``conv`` is over."""
+        with self._lock:
+            conv.busy = False
+
     def state(self, conversation_id: str) -> ConversationState:
         """``live`` with its turn count, or why there is no such conversation."""
         with self._lock:
@@ -295,14 +308,15 @@ class ConversationStore:
     # ------------------------------------------------------------------------------------------ changes
     def start(self, conversation_id: str, frame_id: Hashable | None, image_size: tuple[int, int],
               state: PrefixState) -> Conversation:
-        """A new live conversation (the least recently used one ends if ``max_live`` would be exceeded)."""
+        """A new live conversation, claimed for its first turn (``release`` it after); the least recently used
+        one ends if ``max_live`` would be exceeded."""
         with self._lock:
             self.check_startable(conversation_id)
             if conversation_id in self._live:
                 raise ValueError(f"conversation {conversation_id!r} is already live")
             now = self.clock()
             conv = Conversation(conversation_id, frame_id, image_size, state, created=now, last_used=now,
-                                cache=None, cache_len=state.prefix_len)
+                                cache=None, cache_len=state.prefix_len, busy=True)
             self._live[conversation_id] = conv
             while self.max_live is not None and len(self._live) > self.max_live:
                 victim = self.least_recent(exclude=conv)
@@ -360,9 +374,8 @@ class ConversationStore:
         return f"conversation {conv.id!r} expired after {self.idle_timeout_s:g} s idle"
 
     def _end(self, conv: Conversation, reason: str, message: str) -> None:
+        # The object itself is left as it is: a turn in flight on it finishes (and is not kept).
         self._live.pop(conv.id, None)
-        conv.cache = None
-        conv.pending = []
         self._ended[conv.id] = ConversationState(conv.id, reason, message, conv.turns)
         self._ended.move_to_end(conv.id)
         while len(self._ended) > ENDED_MEMORY:

@@ -455,7 +455,7 @@ class GromaEngine:
             self._check_alive()
             conv = None
             if conv_id is not None:
-                conv = store.get(conv_id)
+                conv = store.claim(conv_id)
                 if conv is None:
                     if continue_only:
                         store.require(conv_id)  # raises, saying why
@@ -464,7 +464,10 @@ class GromaEngine:
                         raise ConversationNotFoundError(conv_id, "unknown", f"no conversation {conv_id!r} "
                                                         "(unknown id) and no image to start one on")
             if conv is not None:
-                return self._continue(conv, built, query, boxes, t_start, on_token, should_cancel, keep_logits)
+                try:
+                    return self._continue(conv, built, query, boxes, t_start, on_token, should_cancel, keep_logits)
+                finally:
+                    store.release(conv)
             if image is None:
                 raise BadRequestError("no image given (only a live conversation may continue without one)")
             size = self._image_size(image)
@@ -493,8 +496,11 @@ class GromaEngine:
                     answer.cached_prefix = False
             if conv_id is not None:
                 conv = store.start(conv_id, perception.frame_id, perception.image_size, state)
-                return self._turn(conv, answer, built, raw_suffix, list(state.refer_match[:len(user)]), t_start,
-                                  on_token, should_cancel, keep_logits)
+                try:
+                    return self._turn(conv, answer, built, raw_suffix, list(state.refer_match[:len(user)]),
+                                      t_start, on_token, should_cancel, keep_logits)
+                finally:
+                    store.release(conv)
             answer.regions = list(state.regions)
             inp = self._turn_input(state, state.cache, state.prefix_len, [], [], [], raw_suffix,
                                    list(state.refer_match))
@@ -539,36 +545,32 @@ class GromaEngine:
         """One conversation turn: fit it into the limits, prefill the pending ids + the message on the
         conversation's KV, decode, and (unless canceled) append the turn to the conversation."""
         store, state = self.conversations, conv.state
-        conv.busy = True
-        try:
-            ids, feat_pos, feat_regions = self._suffix_ids(state, raw_suffix, refer)
-            self._check_turn_budget(len(ids), built.max_new_tokens)
-            context = self.model.config.llm_cfg.max_position_embeddings
-            fit_turn(store, conv, len(ids), built.max_new_tokens, context)
-            base = conv.cache if conv.cache is not None else state.cache
-            in_cache = [i for t in conv.history for i in t.ids][:conv.cache_len - state.prefix_len]
-            raw_before = [i for t in conv.history for i in t.raw_ids]
-            inp = self._turn_input(state, base, conv.cache_len, in_cache, conv.pending, conv.pending_refer,
-                                   raw_suffix, refer, raw_before=raw_before)
-            answer.regions = list(state.regions)
-            answer.conversation_id = conv.id
-            trace, kept = self._generate(answer, state, inp, built.max_new_tokens, on_token, should_cancel,
-                                         keep_logits, keep_cache=True)
-            answer.turn = conv.turns + 1  # a canceled turn is not kept: the next one gets its number
-            if not answer.canceled and store.is_live(conv):
-                gen, eos = trace.generation, self.tokenizer.eos_id
-                tokens = gen.token_ids + [eos]
-                cache, cache_len = kept
-                fed = len(gen.token_ids) if gen.stopped_on_eos else len(gen.token_ids) - 1
-                conv.commit(Turn(built.task, raw_suffix + tokens, ids + tokens, feat_pos, feat_regions),
-                            cache, cache_len, pending=tokens[max(fed, 0):])
-            store.touch(conv)
-            self._parse_into(answer, state, built, trace)
-            self._trim_memory(protect=conv)
-            answer.timings.total_ms = (time.perf_counter() - t_start) * 1000.0
-            return answer, trace
-        finally:
-            conv.busy = False
+        ids, feat_pos, feat_regions = self._suffix_ids(state, raw_suffix, refer)
+        self._check_turn_budget(len(ids), built.max_new_tokens)
+        context = self.model.config.llm_cfg.max_position_embeddings
+        fit_turn(store, conv, len(ids), built.max_new_tokens, context)
+        base = conv.cache if conv.cache is not None else state.cache
+        in_cache = [i for t in conv.history for i in t.ids][:conv.cache_len - state.prefix_len]
+        raw_before = [i for t in conv.history for i in t.raw_ids]
+        inp = self._turn_input(state, base, conv.cache_len, in_cache, conv.pending, conv.pending_refer,
+                               raw_suffix, refer, raw_before=raw_before)
+        answer.regions = list(state.regions)
+        answer.conversation_id = conv.id
+        trace, kept = self._generate(answer, state, inp, built.max_new_tokens, on_token, should_cancel,
+                                     keep_logits, keep_cache=True)
+        answer.turn = conv.turns + 1  # a canceled turn is not kept: the next one gets its number
+        if not answer.canceled and store.is_live(conv):
+            gen, eos = trace.generation, self.tokenizer.eos_id
+            tokens = gen.token_ids + [eos]
+            cache, cache_len = kept
+            fed = len(gen.token_ids) if gen.stopped_on_eos else len(gen.token_ids) - 1
+            conv.commit(Turn(built.task, raw_suffix + tokens, ids + tokens, feat_pos, feat_regions),
+                        cache, cache_len, pending=tokens[max(fed, 0):])
+        store.touch(conv)
+        self._parse_into(answer, state, built, trace)
+        self._trim_memory(protect=conv)
+        answer.timings.total_ms = (time.perf_counter() - t_start) * 1000.0
+        return answer, trace
 
     def _trim_memory(self, protect: Conversation | None = None) -> None:
         """Keep frames + conversations within ``cache_bytes``: least recently used frames go first (the newest

@@ -361,3 +361,22 @@ def test_store_is_thread_safe_under_concurrent_ask_and_expire(make, image):
             assert isinstance(got[-1], ConversationNotFoundError)
             assert got[-1].reason in ("expired", "ended", "evicted")
     assert len(eng.conversations) <= 3
+
+
+def test_ending_a_conversation_while_its_turn_runs(make, image):
+    """The answer still comes back, the turn is not kept, and the id stays ended; idle expiry waits for a turn."""
+    clock = FakeClock()
+    eng = make(conversation_idle_timeout_s=5.0, clock=clock)
+    eng.ask(image, "where is the mug?", conversation_id="f", max_new_tokens=2)
+
+    def meddle(_piece: str) -> None:
+        clock.now += 100  # far past the idle timeout, but the conversation is busy: not expired
+        assert eng.conversations.expire_idle() == []
+        eng.conversations.end("f")
+
+    answer = eng.ask(None, "what colour is it?", conversation_id="f", max_new_tokens=3, on_token=meddle)
+    assert not answer.canceled and answer.completion_tokens >= 1 and answer.turn == 2
+    st = eng.conversations.state("f")
+    assert st.status == "ended" and st.turns == 1
+    with pytest.raises(ConversationNotFoundError, match="ended by the caller"):
+        eng.ask(None, "is it big?", conversation_id="f")

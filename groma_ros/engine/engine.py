@@ -8,6 +8,10 @@ The result equals a from-scratch forward of the whole prompt (tested), at a frac
 
 REGION_QA user boxes join the NMS candidates (score 1.0) as in the original, which changes the region
 list, so they get their own prefix per box set (built from the frame's cached vision output).
+
+Conversations (``ask(..., conversation_id=...)``, see ``conversations``): the first turn pins the frame's region
+set; each later turn prefills only its message (and the previous answer's unfed ``</s>``) on the conversation's
+KV, which grows per turn from a fork of the frame prefix; equal to a from-scratch forward too (tested).
 """
 
 from __future__ import annotations

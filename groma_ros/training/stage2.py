@@ -181,7 +181,7 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
     def evaluate_and_export(n_scenes: int) -> None:
         nonlocal best
         model.eval()
-        metrics = quick_eval(model, tokenizer, n_scenes=n_scenes)
+        metrics = quick_eval(model, tokenizer, n_scenes=n_scenes, dialogue=DIALOGUE_TASK in s2.task_weights)
         model.train()
         model.perceiver.eval()
         score = metrics["score"]

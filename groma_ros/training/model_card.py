@@ -132,7 +132,9 @@ def _stage2_continuation(run: Path, records: list[dict]) -> list[str]:
             f"changes vs the defaults: `{json.dumps(_changed(cfg, Stage2Config().as_dict()))}`. Best val quick-eval "
             f"at step {best['step']}: REC attr {100 * last.get('rec_attribute', 0):.0f} % / "
             f"rel {100 * last.get('rec_relation', 0):.0f} %, caption F1 {last.get('caption_f1', 0):.2f}, "
-            f"region-QA {100 * last.get('region_qa', 0):.0f} %.", "", *_command(run)]
+            f"region-QA {100 * last.get('region_qa', 0):.0f} %"
+            + (f", dialogue 2nd-turn REC {100 * last['dialogue_refer']:.0f} %" if "dialogue_refer" in last else "")
+            + ".", "", *_command(run)]
 
 
 def _continuations(runs: list[Path]) -> str:

@@ -111,6 +111,11 @@ class Stage2Config:
     # the history, and the referent's features sit at that region's token in the prompt; this head fetches the index,
     # the anchor head (``anchor_layers``, trained on these answers with the referent as anchor) then the features.
     referent_layers: tuple[int, ...] = ()
+    # dialogues: a follow-up's answer position also gathers, with head 3 of ``anchor_gather_layers`` (which gathers
+    # the anchor phrase of binary relations), the words that described the referent in the first query ("the red
+    # circle"). Why: the anchor head then finds the referent by its description, a match it already makes for
+    # "X left of the red circle", instead of by the ``<rK>`` index alone (an index match it learned slowly).
+    referent_phrase: bool = False
     align_weight: float = 0.5  # region token vs the word embeddings of its colour/shape/size + box regression
     position_weight: float = 0.0  # region token vs "leftmost"/... embeddings, linear in its position (losses.py)
     curriculum_steps: int = 1500  # first steps: scenes with <= curriculum_objects objects

@@ -51,6 +51,9 @@ class Sequence:
     exists: tuple[int, list[int], list[int]] | None = None
     # Dialogues: (position answering a follow-up, position of the history's <rK> naming the referent).
     referents: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    # Dialogues: (position answering a follow-up, positions of the words inside the <p>..</p> that described the
+    # referent in an earlier query), for the anchor-gather head.
+    referent_words: list[tuple[int, list[int]]] = dataclasses.field(default_factory=list)
 
     def to(self, device: torch.device | str) -> Sequence:
         """The tensors the forward reads on ``device`` (built on the CPU: region selection there is cheaper)."""
@@ -175,8 +178,9 @@ def make_dialogue_sequence(scene: SceneCache, dialogues: list[Dialogue], encoder
     """One multi-turn training sequence (None if the scene has no dialogue or its objects lack kept regions).
 
     Every answer is trained. A follow-up's answer position (the one before each ``<rK>``, or before the first word
-    of a text answer) gets the referent as its anchor (``anchor_layers``) and, as ``referents``, the position of the
-    ``<rK>`` by which an earlier answer named the referent (``referent_layers``)."""
+    of a text answer) gets the referent as its anchor (``anchor_layers``), as ``referents`` the position of the
+    ``<rK>`` by which an earlier answer named the referent (``referent_layers``) and, with ``referent_phrase``, as
+    ``referent_words`` the words that described it in an earlier query (``anchor_gather_layers``)."""
     if dialogue is None:
         if not dialogues:
             return None
@@ -197,8 +201,14 @@ def make_dialogue_sequence(scene: SceneCache, dialogues: list[Dialogue], encoder
     anchors: list[tuple[int, int]] = []
     referents: list[tuple[int, int]] = []
     named_at: dict[int, int] = {}  # object -> position of the latest answer <rK> naming it
+    described_at: dict[int, list[int]] = {}  # object -> positions of the phrase words that described it
+    referent_words: list[tuple[int, list[int]]] = []
+    opens, closes = t.by_name("<p>"), t.by_name("</p>")
     for (a, b), turn, referent in zip(enc.answers, dialogue.turns, dialogue.referents, strict=True):
         a, b = a + offset, b + offset
+        if turn.task == "refer" and turn.kind == "attribute" and s2.referent_phrase:  # "the red circle"
+            start = max(i for i in range(a) if ids[i] == opens)
+            described_at[turn.answer_objects[0][0]] = list(range(start + 1, ids.index(closes, start)))
         weights[a:b] = 1.0
         answer_positions = []
         for pos in range(a, b):
@@ -216,6 +226,8 @@ def make_dialogue_sequence(scene: SceneCache, dialogues: list[Dialogue], encoder
             anchors += [(p, obj_to_region[referent]) for p in answer_positions]
             if referent in named_at:
                 referents += [(p, named_at[referent]) for p in answer_positions]
+            if referent in described_at:
+                referent_words += [(p, described_at[referent]) for p in answer_positions]
         if turn.task == "refer":
             for obj, pos in zip(turn.answer_objects[0], (p + 1 for p in answer_positions), strict=False):
                 named_at[obj] = pos
@@ -227,7 +239,7 @@ def make_dialogue_sequence(scene: SceneCache, dialogues: list[Dialogue], encoder
         for j, k in obj_to_region.items():
             region_attrs[k] = attrs[j]
     return Sequence(torch.tensor(ids, dtype=torch.long), weights, rows, torch.empty(0, dtype=torch.long), pointer,
-                    scene, region_attrs, kept.float(), anchors, None, [], None, referents)
+                    scene, region_attrs, kept.float(), anchors, None, [], None, referents, referent_words)
 
 
 def exists_targets(sample: TextSample, scene: Scene | None, obj_to_region: dict[int, int], ids: list[int],

@@ -341,6 +341,21 @@ def test_dialogue_sequences_train_every_answer_and_point_back_at_the_referent(mo
             off = float(losses.attention_losses([wrong] * 4, [seq], t, Stage2Config(pointer_layers=(),
                                                                                     gather_layers=()))[0])
             assert off < loss["wrong"]
+            assert seq.referent_words == []  # off unless referent_phrase
+            words = sequences.make_dialogue_sequence(sc, [], enc, model.config, Stage2Config(referent_phrase=True),
+                                                     random.Random(1), shuffle=False, dialogue=dialogue)
+            described = [(p, tokenizer.decode([ids[w] for w in ws])) for p, ws in words.referent_words
+                         if eos[0] < p < eos[1]]
+            assert described == [(p, dialogue.turns[0].query) for p in positions]
+            gather = Stage2Config(pointer_layers=(), gather_layers=(), anchor_gather_layers=(0,), referent_phrase=True)
+            right, wrong = (torch.full((1, 6, n, n), 1.0 / n) for _ in range(2))
+            for p, ws in words.referent_words:
+                right[0, 3, p] = 0.0
+                right[0, 3, p, ws] = 1.0 / len(ws)
+                wrong[0, 3, p] = 0.0
+                wrong[0, 3, p, p] = 1.0
+            assert (float(losses.attention_losses([right] * 4, [words], t, gather)[0]) + 1.0
+                    < float(losses.attention_losses([wrong] * 4, [words], t, gather)[0]))
             checked.add(dialogue.turns[1].task)
     assert checked == {"refer", "vqa"}
 

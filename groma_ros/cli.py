@@ -3,6 +3,15 @@
     groma ask IMAGE "where is the red mug?" [--task auto|refer|grounded_caption|region_qa|vqa]
               [--box x1,y1,x2,y2 ...] [--model DIR] [--json] [--save annotated.png]
     groma detect IMAGE [--score-threshold 0.3] [--json] [--save annotated.png]
+    groma chat IMAGE [--script turns.txt] [--json] [--save turn.png]
+
+``chat`` holds one conversation about the image: each line (typed, piped on stdin, or one per line of the
+``--script`` file; blank lines and lines starting with ``#`` are skipped) is a turn, and later turns may refer to
+earlier answers ("the other one", "what colour is it?"). Typed ``/new`` starts a new conversation on the same
+image, ``/quit`` (or end of input) leaves. ``--save turn.png`` writes one annotated picture per turn
+(``turn_1.png``, ``turn_2.png``, ...). With ``--json`` each turn prints one JSON object on its own line (JSON
+Lines), with ``turn`` and ``conversation_id``. A turn that cannot be asked (e.g. too long for the conversation's
+limits) is reported on stderr; typed input goes on (exit code 2 at the end), a script stops there with exit code 2.
 
 Without ``--model`` the embedded default model is used. Exit codes: 0 ok, 2 bad usage or input
 (unreadable image, bad box, empty query), 3 model missing or failed to load, 1 anything else.
@@ -39,7 +48,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groma", description="Grounded answers from the Groma model on image files.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{ask,detect}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{ask,detect,chat}")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("image", help="image file (PNG, JPEG, ...)")
@@ -63,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=None, help="generation limit (default: per task)")
 
     sub.add_parser("detect", parents=[common], help="class-agnostic region proposals with scores (no LLM)")
+
+    chat = sub.add_parser("chat", parents=[common], help="a conversation about the image, one turn per line")
+    chat.add_argument("--script", metavar="FILE", help="turns to ask, one per line (default: read stdin)")
+    chat.add_argument("--max-new-tokens", type=int, default=None, help="generation limit per turn (default: per task)")
     return parser
 
 
@@ -135,12 +148,76 @@ def save_annotated(path: str, image_rgb: Any, answer: Any) -> None:
         raise UsageError(f"cannot write {path!r}")
 
 
+def turn_path(pattern: str, turn: int) -> str:
+    """``turn.png`` -> ``turn_3.png`` (the picture of turn 3)."""
+    from pathlib import Path
+
+    p = Path(pattern)
+    return str(p.with_name(f"{p.stem}_{turn}{p.suffix or '.png'}"))
+
+
+def read_turns(args: argparse.Namespace):
+    """The turns of ``chat``: the script's lines, or stdin (with a prompt on stderr when typed)."""
+    if args.script is not None:
+        try:
+            with open(args.script, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as err:
+            raise UsageError(f"cannot read the script {args.script!r}: {err.strerror}") from None
+        yield from (line for line in lines if line.strip() and not line.lstrip().startswith("#"))
+        return
+    typed = sys.stdin.isatty()
+    while True:
+        if typed:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/quit":
+            return
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield line.strip()
+
+
+def chat(engine, image, args: argparse.Namespace) -> int:
+    """One conversation per ``/new``; answers printed (or JSON Lines) as they come."""
+    from groma_ros.engine import BadRequestError, ConversationNotFoundError
+
+    engine.conversations.idle_timeout_s = None  # a person may pause as long as they like
+    engine.conversations.max_live = 1
+    session, conv_id, status = 0, "", EXIT_OK
+    for line in read_turns(args):
+        if line == "/new" or not conv_id:
+            session += 1
+            conv_id = f"chat-{session}"
+            if line == "/new":
+                continue
+        try:
+            answer = engine.ask(image, line, conversation_id=conv_id, max_new_tokens=args.max_new_tokens)
+        except (BadRequestError, ConversationNotFoundError) as err:
+            print(f"groma: error: {err}", file=sys.stderr)
+            if args.script is not None:
+                return EXIT_USAGE
+            status = EXIT_USAGE
+            continue
+        if args.save:
+            save_annotated(turn_path(args.save, answer.turn), image, answer)
+        if args.json:
+            print(json.dumps({**answer_to_dict(answer, engine.model_id), "turn": answer.turn,
+                              "conversation_id": answer.conversation_id}, ensure_ascii=False), flush=True)
+        else:
+            print(f"[turn {answer.turn}] {format_answer(answer)}\n", flush=True)
+    return status if args.script is None else EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
     image = load_image(args.image)  # before loading the model: fail fast on a bad path
+    if args.command == "chat" and args.script is not None:
+        list(read_turns(args))  # an unreadable script fails before the model loads
     from groma_ros.engine import GromaEngine
 
     engine = GromaEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype, num_threads=args.threads,
                                          cache_frames=1, progress=not args.quiet, decode=args.decode)
+    if args.command == "chat":
+        return chat(engine, image, args)
     if args.command == "detect":
         answer = engine.detect(image, score_threshold=args.score_threshold)
     else:

@@ -2,11 +2,14 @@
 
 ``python -m groma_ros.evaluate [--model DIR] [--split test] [--limit 40] [--shuffled] [--json out.json]``
 
-Metrics (issue 6): proposal recall@0.5 of the kept regions; REC Acc@0.5 overall / attribute / relation, each
+Metrics: proposal recall@0.5 of the kept regions; REC Acc@0.5 overall / attribute / relation, each
 printed next to two baselines (a random kept region, always ``<r0>``: kept regions are in score order, so a
 constant answer can look good); multi-object precision/recall; grounded-caption phrase-box F1; region-QA
-exact match; VQA accuracy. ``--shuffled`` permutes the kept regions (seeded) before the LLM sees them, as the
-original Groma did with its unseeded ``randperm``: a model that learned "<r0> is the answer" fails there.
+exact match; VQA accuracy; dialogues (``synthetic.dialogue``, held as engine conversations): referring
+accuracy of the second turn, which refers back to the first ("the other one"), per follow-up kind, the
+attribute follow-ups ("what colour is it?") and the third turns. ``--shuffled`` permutes the kept regions
+(seeded) before the LLM sees them, as the original Groma did with its unseeded ``randperm``: a model that learned
+"<r0> is the answer" fails there.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from tqdm.auto import tqdm
 
 from groma_ros.engine.engine import GromaEngine
 from groma_ros.engine.types import Answer
+from groma_ros.synthetic.dialogue import Dialogue, generate_dialogues
 from groma_ros.synthetic.metrics import EvalAccumulator
 from groma_ros.synthetic.scenes import Scene, generate_scene, split_seeds
 from groma_ros.synthetic.texts import TextSample, generate_samples, relation_kind
 from groma_ros.training.data import engine_query
 
-ALL_TASKS = ("refer", "refer_multi", "grounded_caption", "region_qa", "vqa")
+ALL_TASKS = ("refer", "refer_multi", "grounded_caption", "region_qa", "vqa", "dialogue")
 _CAPTION_PART = re.compile(r"<p>(.*?)</p>\{roi(\d+)\}")
 
 
@@ -57,6 +61,23 @@ def _item_boxes(answer: Answer) -> list[tuple[str, tuple[float, ...]]]:
 def _gt_caption(sample: TextSample, boxes: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return [(phrase, boxes[o]) for phrase, k in _CAPTION_PART.findall(sample.answer)
             for o in sample.answer_objects[int(k)]]
+
+
+def evaluate_dialogue(engine: GromaEngine, perception, dialogue: Dialogue, gt: np.ndarray, acc: EvalAccumulator,
+                      conversation_id: str) -> None:
+    """Hold ``dialogue`` as one engine conversation (each turn sees the model's own earlier answers) and score
+    every turn: a referring turn by its first box, a question by exact match."""
+    try:
+        for i, turn in enumerate(dialogue.turns):
+            task, query, _ = engine_query(turn)
+            answer = engine.ask(perception if i == 0 else None, query, task=task, conversation_id=conversation_id)
+            if turn.task == "refer":
+                pairs = _item_boxes(answer)
+                acc.add_dialogue(i + 1, turn.kind, pairs[0][1] if pairs else None, gt[turn.answer_objects[0][0]])
+            else:
+                acc.add_dialogue(i + 1, turn.kind, answer.text, turn.answer)
+    finally:
+        engine.conversations.end(conversation_id)
 
 
 def evaluate_scene(engine: GromaEngine, scene: Scene, acc: EvalAccumulator, tasks: Iterable[str] = ALL_TASKS,
@@ -90,6 +111,9 @@ def evaluate_scene(engine: GromaEngine, scene: Scene, acc: EvalAccumulator, task
             acc.add_caption(_item_boxes(answer), _gt_caption(sample, gt))
         else:
             acc.add_answer(sample.task, answer.text, sample.answer, sample.kind)
+    if "dialogue" in tasks:
+        for i, dialogue in enumerate(generate_dialogues(scene)[:max_per_task]):
+            evaluate_dialogue(engine, perception, dialogue, gt, acc, f"eval-{scene.seed}-{i}")
 
 
 def evaluate(engine: GromaEngine, split: str = "test", limit: int = 40, shuffled: bool = False,

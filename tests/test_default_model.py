@@ -126,3 +126,54 @@ def test_cli_grounds_referring_expressions(tmp_path, capsys):
         boxes = [b for item in out["items"] for b in item["boxes"]]
         correct.append(bool(boxes) and box_iou(boxes[0], scene.boxes[obj])[0, 0] >= 0.5)
     assert sum(correct) >= CLI_MIN_CORRECT, correct
+
+
+def _dialogue_scene():
+    """The first test scene with a dialogue whose second turn points at another object, and that dialogue."""
+    from groma_ros.synthetic.dialogue import generate_dialogues
+    from groma_ros.synthetic.scenes import generate_scene, split_seeds
+
+    for seed in split_seeds("test", 200):
+        scene = generate_scene(seed)
+        for d in generate_dialogues(scene):
+            if d.turns[1].task == "refer" and d.turns[1].kind == "other":
+                return scene, d
+    raise AssertionError("no dialogue")
+
+
+def test_conversation_turns_equal_from_scratch_and_the_training_encoding(engine):
+    """With answers that end in </s> (the trained model stops): turn 2 on the conversation's KV equals a
+    from-scratch forward of the whole prompt, whose ids are the training encoding of the same dialogue."""
+    import torch
+
+    from groma_ros.engine.preprocess import preprocess
+    from groma_ros.training.data import PromptEncoder, engine_query
+
+    scene, dialogue = _dialogue_scene()
+    traces = []
+    for i, turn in enumerate(dialogue.turns[:2]):
+        task, query, _ = engine_query(turn)
+        answer, trace = engine._ask(scene.image if i == 0 else None, query, task=task, keep_logits=True,
+                                    conversation_id="scratch")
+        traces.append((answer, trace))
+    engine.conversations.end("scratch")
+    first, (answer, trace) = traces[0][1], traces[1]
+    eos = engine.tokenizer.eos_id
+    message = engine.tokenizer.encode(engine.prompts.build(answer.task, answer.query).suffix, add_bos=False)
+    assert first.generation.stopped_on_eos and trace.prefilled == len(message) + 1  # the first answer's </s>
+    gen = trace.generation
+    ref = engine.model.generate_greedy(preprocess(scene.image, engine.model.config.image_size),
+                                       torch.tensor([trace.prompt_ids]), max_new_tokens=len(gen.step_logits),
+                                       eos_token_id=eos)
+    assert gen.token_ids == [t for t in ref.tokens.tolist() if t != eos]
+    torch.testing.assert_close(torch.stack(gen.step_logits), ref.step_logits.float(), atol=1e-4, rtol=0)
+    # the training side encodes this dialogue (with the regions the engine kept) to exactly these ids
+    kept = [r.box for r in answer.regions]
+    from groma_ros.synthetic.metrics import box_iou
+
+    iou = box_iou(scene.boxes, kept)
+    object_to_region = {j: int(iou[j].argmax()) for j in range(len(scene.objects)) if iou[j].max() >= 0.5}
+    encoded = PromptEncoder(engine.tokenizer).encode_dialogue(list(dialogue.turns[:2]), object_to_region)
+    model_turn1 = first.generation.token_ids + [eos]
+    assert encoded.ids[:len(first.prompt_ids) + len(model_turn1)] == first.prompt_ids + model_turn1
+    assert encoded.ids[:encoded.answers[1][0]] == trace.prompt_ids

@@ -11,6 +11,8 @@ from typing import Any
 _EXPORTS = {
     "GromaEngine": "engine", "BadRequestError": "engine", "ModelLoadError": "engine",
     "ModelNotFoundError": "engine", "QueryTrace": "engine", "default_model_dir": "engine",
+    "Conversation": "conversations", "ConversationNotFoundError": "conversations",
+    "ConversationState": "conversations", "ConversationStore": "conversations",
     "FrameCache": "perception", "Perception": "perception", "PrefixState": "perception",
     "Answer": "types", "BoxXYXY": "types", "GroundedItem": "types", "Region": "types", "Status": "types",
     "Task": "types", "Timings": "types",

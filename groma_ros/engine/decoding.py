@@ -54,6 +54,11 @@ class DynamicDecoder:
         out = self.model.llm.model(inputs_embeds=emb, past_key_values=self.cache, use_cache=True)
         return self.model.lm_logits(out.last_hidden_state[:, -1])[0]
 
+    def snapshot(self) -> tuple[DynamicCache, int]:
+        """The KV this query grew (its prefix + every token fed) and its length, for a conversation to keep.
+        Handed over without a copy: ``end`` drops the decoder's reference and nothing else writes to it."""
+        return self.cache, self.cache.get_seq_length()
+
     def end(self) -> None:
         self.cache = None
 
@@ -124,6 +129,12 @@ class StaticDecoder:
         logits = self._step_fn(torch.tensor([[token]], device=device), torch.tensor([self.pos], device=device))
         self.pos += 1
         return logits.clone() if self.compiled else logits  # a CUDA graph's output is overwritten by the next step
+
+    def snapshot(self) -> tuple[DynamicCache, int]:
+        """A copy of the filled part of the buffer (the next query overwrites the buffer) and its length."""
+        n = self.pos
+        layers = [(layer.keys[:, :, :n].clone(), layer.values[:, :, :n].clone()) for layer in self.cache.layers]
+        return DynamicCache(ddp_cache_data=layers), n
 
     def end(self) -> None:
         pass  # the buffer stays for the next query

@@ -8,6 +8,10 @@ The result equals a from-scratch forward of the whole prompt (tested), at a frac
 
 REGION_QA user boxes join the NMS candidates (score 1.0) as in the original, which changes the region
 list, so they get their own prefix per box set (built from the frame's cached vision output).
+
+Conversations (``ask(..., conversation_id=...)``, see ``conversations``): the first turn pins the frame's region
+set; each later turn prefills only its message (and the previous answer's unfed ``</s>``) on the conversation's
+KV, which grows per turn from a fork of the frame prefix; equal to a from-scratch forward too (tested).
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ import torch
 from transformers import DynamicCache
 
 from . import parsing, prompts
+from .conversations import (
+    Conversation,
+    ConversationNotFoundError,
+    ConversationStore,
+    Turn,
+    fit_turn,
+    pinned_box_index,
+)
 from .decoding import DecodeMode, make_decoder
 from .generation import GenerationOutput, greedy_decode
 from .perception import (
@@ -35,6 +47,7 @@ from .perception import (
     boxes_to_pixels,
     clip_user_box,
     pixels_to_cxcywh,
+    tensor_bytes,
 )
 from .preprocess import ImageError, Interpolation, check_image, preprocess
 from .types import Answer, BoxXYXY, GroundedItem, Region, Task, Timings
@@ -68,9 +81,25 @@ class QueryTrace:
     """Internals of one query, for tests and benchmarks: prompt ids and the per-step logits."""
 
     prefix_ids: torch.Tensor  # [1, T_prefix] expanded LLM ids of the cached prefix
-    suffix_ids: torch.Tensor  # [1, T_suffix] LLM ids of the query (after <refer_box> → <r k>)
+    suffix_ids: torch.Tensor  # [1, T_suffix] LLM ids after the prefix: earlier turns + the query (<refer_box> → <r k>)
     prompt_ids: list[int]  # the unexpanded prompt (prefix + suffix) exactly as the tokenizer gives it
     generation: GenerationOutput = field(default_factory=GenerationOutput)
+    prefilled: int = 0  # ids this query prefilled on its cached context (the rest of the prompt was in the cache)
+
+
+@dataclass
+class _TurnInput:
+    """What one query prefills: ``ids`` on top of ``cache`` (``cache_len`` tokens, never mutated), the positions
+    in ``ids`` that take region features, and for the trace the ids between the frame prefix and ``ids``."""
+
+    cache: DynamicCache
+    cache_len: int
+    ids: list[int]
+    feat_pos: list[int]
+    feat_regions: list[int]
+    before: list[int]  # LLM ids already in ``cache`` after the frame prefix (earlier turns)
+    raw_before: list[int]  # tokenizer ids of all earlier turns
+    raw_suffix: list[int]  # tokenizer ids of this turn's message
 
 
 def _sync(device: torch.device) -> None:
@@ -177,11 +206,20 @@ def _load_progress(directory: Path, enabled: bool) -> Iterator[None]:
 
 
 class GromaEngine:
-    """Perceive-once, ask-many Groma inference (no ROS). Thread-safe: calls are serialized."""
+    """Perceive-once, ask-many Groma inference (no ROS). Thread-safe: calls are serialized.
+
+    ``conversation_*`` set ``self.conversations`` (a ``ConversationStore``; its settings change at runtime too):
+    at most ``max_live`` live conversations, ended after ``idle_timeout_s`` idle, each keeping at most
+    ``max_turns`` turns and ``max_tokens`` tokens of turns, beyond which ``on_limit`` drops the oldest turns or
+    ends it. ``clock`` (seconds, monotonic) times idle expiry. Conversations count in ``cache_bytes``.
+    """
 
     def __init__(self, model, tokenizer, *, model_id: str = "groma", cache_frames: int = 4,
                  cache_bytes: int | None = DEFAULT_CACHE_BYTES, interpolation: Interpolation = "bilinear",
-                 decode: DecodeMode = "auto") -> None:
+                 decode: DecodeMode = "auto", conversation_max_live: int | None = 8,
+                 conversation_idle_timeout_s: float | None = 300.0, conversation_max_turns: int | None = 16,
+                 conversation_max_tokens: int | None = 1024, conversation_on_limit: str = "drop_oldest",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         cfg = model.config
         if tokenizer.vocab_size != cfg.llm_cfg.vocab_size or len(tokenizer) != cfg.vocab_size:
             raise ModelLoadError(
@@ -200,6 +238,10 @@ class GromaEngine:
         self._prefix_ids = torch.tensor([tokenizer.encode(prompts.PREFIX)], dtype=torch.long)
         self.decode_mode = decode
         self._decoder = make_decoder(model, decode)
+        self.conversations = ConversationStore(
+            max_live=conversation_max_live, idle_timeout_s=conversation_idle_timeout_s,
+            max_turns=conversation_max_turns, max_tokens=conversation_max_tokens, on_limit=conversation_on_limit,
+            clock=clock)
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -246,6 +288,7 @@ class GromaEngine:
         """Drop the model, tokenizer and cached frames (lifecycle deactivate); the engine is unusable after."""
         with self._lock:
             self.frames.clear()
+            self.conversations.clear()
             self.model = None
             self.tokenizer = None
             self._decoder = None
@@ -301,6 +344,7 @@ class GromaEngine:
                 proposer_ms=clock.ms.get("proposer", 0.0), region_ms=clock.ms.get("region", 0.0),
             )
             self.frames.put(perception)
+            self._trim_memory()
             return perception
 
     def _build_prefix(self, vision, selection, image_size: tuple[int, int], user_boxes) -> PrefixState:
@@ -342,6 +386,7 @@ class GromaEngine:
         state = self._build_prefix(perception.vision, selection, perception.image_size, boxes)
         perception.add_prefix(state)
         self.frames.trim()
+        self._trim_memory()
         return state, True
 
     # ------------------------------------------------------------------------------------------- asking
@@ -350,26 +395,36 @@ class GromaEngine:
         """Class-agnostic regions with scores, no LLM (= ``ask(task=DETECT)``)."""
         return self.ask(image, "", task=Task.DETECT, frame_id=frame_id, score_threshold=score_threshold)
 
-    def ask(self, image: np.ndarray | Perception, query: str, *, task: Task | str | int = Task.AUTO,
+    def ask(self, image: np.ndarray | Perception | None, query: str, *, task: Task | str | int = Task.AUTO,
             boxes: Sequence[BoxXYXY] = (), frame_id: Hashable | None = None, max_new_tokens: int | None = None,
             score_threshold: float | None = None, on_token: Callable[[str], None] | None = None,
-            should_cancel: Callable[[], bool] | None = None) -> Answer:
+            should_cancel: Callable[[], bool] | None = None, conversation_id: str | None = None,
+            continue_only: bool = False) -> Answer:
         """Answer ``query`` about ``image`` (an RGB array or a ``Perception``).
 
         ``boxes`` (original-image pixels x1,y1,x2,y2) make it a REGION_QA question. ``on_token`` receives
         each decoded text piece (their concatenation is ``Answer.raw_text``); ``should_cancel`` is polled
         between tokens and yields ``Answer(canceled=True)`` with the text so far. ``score_threshold`` is
         used by DETECT only. ``max_new_tokens`` defaults per task (prompts.DEFAULT_MAX_NEW_TOKENS).
-        Raises ``BadRequestError`` for unusable input, before any model work where possible.
+
+        ``conversation_id`` (see ``conversations``): None or "" = a single question; a new id starts a
+        conversation on ``image``; a live id continues on its pinned frame (``image`` may be None and is then
+        ignored, as is ``frame_id``). A turn that was canceled is not part of the conversation. User boxes are
+        pinned on a conversation's first turn; later turns may ask about those boxes again, not about new ones.
+        ``continue_only=True`` never starts one. Raises ``ConversationNotFoundError`` (a ``LookupError``) for an
+        id that has no live conversation when ``continue_only`` is set, for an id whose conversation ended (ids
+        are never reused), and for an unknown id without an image; ``BadRequestError`` for unusable input, before
+        any model work where possible.
         """
         answer, _ = self._ask(image, query, task=task, boxes=boxes, frame_id=frame_id,
                               max_new_tokens=max_new_tokens, score_threshold=score_threshold,
-                              on_token=on_token, should_cancel=should_cancel)
+                              on_token=on_token, should_cancel=should_cancel, conversation_id=conversation_id,
+                              continue_only=continue_only)
         return answer
 
     def _ask(self, image, query, *, task=Task.AUTO, boxes=(), frame_id=None, max_new_tokens=None,
-             score_threshold=None, on_token=None, should_cancel=None,
-             keep_logits: bool = False) -> tuple[Answer, QueryTrace | None]:
+             score_threshold=None, on_token=None, should_cancel=None, conversation_id=None,
+             continue_only: bool = False, keep_logits: bool = False) -> tuple[Answer, QueryTrace | None]:
         t_start = time.perf_counter()
         try:
             task = Task.parse(task)
@@ -377,10 +432,16 @@ class GromaEngine:
             raise BadRequestError(str(err)) from None
         query = "" if query is None else str(query)
         boxes = list(boxes or ())
+        conv_id = None if conversation_id is None or str(conversation_id) == "" else str(conversation_id)
+        if continue_only and conv_id is None:
+            raise BadRequestError("continue_only needs a conversation_id")
         if task != Task.DETECT and not query.strip():
             raise BadRequestError("the query is empty")
         if task == Task.AUTO:
             task = prompts.resolve_task(query, has_boxes=bool(boxes))
+        if task == Task.DETECT and conv_id is not None:
+            raise BadRequestError("detect does not use the language model and is no conversation turn; "
+                                  "ask it without conversation_id")
         if boxes and task != Task.REGION_QA:
             raise BadRequestError(f"boxes are only used by region_qa, not by {task.name.lower()}")
         if task == Task.REGION_QA and not boxes:
@@ -392,15 +453,35 @@ class GromaEngine:
         ):
             raise BadRequestError(f"score_threshold must be a number within [0, 1], got {score_threshold!r}")
         built = self.prompts.build(task, query, num_boxes=len(boxes), max_new_tokens=max_new_tokens)
-
-        size = self._image_size(image)
-        try:  # validate before any model work
-            user = tuple(clip_user_box(b, size) for b in boxes)
-        except ValueError as err:
-            raise BadRequestError(str(err)) from None
+        store = self.conversations
 
         with self._lock, torch.inference_mode():
             self._check_alive()
+            conv = None
+            if conv_id is not None:
+                conv = store.claim(conv_id)
+                if conv is None:
+                    if continue_only:
+                        store.require(conv_id)  # raises, saying why
+                    store.check_startable(conv_id)
+                    if image is None:
+                        raise ConversationNotFoundError(conv_id, "unknown", f"no conversation {conv_id!r} "
+                                                        "(unknown id) and no image to start one on")
+            if conv is not None:
+                try:
+                    return self._continue(conv, built, query, boxes, t_start, on_token, should_cancel, keep_logits)
+                finally:
+                    store.release(conv)
+            if image is None:
+                raise BadRequestError("no image given (only a live conversation may continue without one)")
+            size = self._image_size(image)
+            try:  # validate before any model work
+                user = tuple(clip_user_box(b, size) for b in boxes)
+            except ValueError as err:
+                raise BadRequestError(str(err)) from None
+            raw_suffix = self.tokenizer.encode(built.suffix, add_bos=False)
+            if conv_id is not None:
+                self._check_turn_budget(len(raw_suffix), built.max_new_tokens)
             perception = image if isinstance(image, Perception) else self._perceive(image, frame_id)
             timings = Timings()
             fresh = self._claim_timings(perception, timings)
@@ -417,14 +498,101 @@ class GromaEngine:
                     timings.region_ms += state.region_ms
                     timings.prefix_prefill_ms += state.prefill_ms
                     answer.cached_prefix = False
+            if conv_id is not None:
+                conv = store.start(conv_id, perception.frame_id, perception.image_size, state)
+                try:
+                    return self._turn(conv, answer, built, raw_suffix, list(state.refer_match[:len(user)]),
+                                      t_start, on_token, should_cancel, keep_logits)
+                finally:
+                    store.release(conv)
             answer.regions = list(state.regions)
-            suffix = self.tokenizer.encode(built.suffix, add_bos=False)
-            trace = self._generate(answer, state, suffix, built.max_new_tokens, on_token, should_cancel,
-                                   keep_logits)
+            inp = self._turn_input(state, state.cache, state.prefix_len, [], [], [], raw_suffix,
+                                   list(state.refer_match))
+            trace, _ = self._generate(answer, state, inp, built.max_new_tokens, on_token, should_cancel,
+                                      keep_logits, keep_cache=False)
             self._parse_into(answer, state, built, trace)
             timings.total_ms = (time.perf_counter() - t_start) * 1000.0
             return answer, trace
 
+    # ------------------------------------------------------------------------------------ conversations
+    def _check_turn_budget(self, n_new: int, budget: int) -> None:
+        limit = self.conversations.max_tokens
+        if limit is not None and n_new + budget > limit:
+            raise BadRequestError(f"this turn needs {n_new} message tokens + {budget} answer tokens, more than the "
+                                  f"conversation limit max_tokens = {limit}")
+
+    def _continue(self, conv: Conversation, built: prompts.BuiltPrompt, query: str, boxes: list, t_start: float,
+                  on_token, should_cancel, keep_logits: bool) -> tuple[Answer, QueryTrace]:
+        """A later turn of ``conv``: its boxes must be among the pinned ones (they map to the same regions)."""
+        try:
+            user = [clip_user_box(b, conv.image_size) for b in boxes]
+        except ValueError as err:
+            raise BadRequestError(str(err)) from None
+        refer = []
+        for box in user:
+            k = pinned_box_index(conv.user_boxes, box)
+            if k is None:
+                pinned = ", ".join(f"({', '.join(f'{c:g}' for c in b)})" for b in conv.user_boxes) or "none"
+                raise BadRequestError(
+                    f"conversation {conv.id!r} pinned its boxes on its first turn ({pinned}); box "
+                    f"({', '.join(f'{c:g}' for c in box)}) is not one of them: a new box changes the region list, so "
+                    "ask about it in a new conversation")
+            refer.append(conv.state.refer_match[k])
+        raw_suffix = self.tokenizer.encode(built.suffix, add_bos=False)
+        answer = Answer(task=built.task, query=query, text="", raw_text="", image_size=conv.image_size,
+                        timings=Timings(), cached_prefix=True)
+        return self._turn(conv, answer, built, raw_suffix, refer, t_start, on_token, should_cancel, keep_logits)
+
+    def _turn(self, conv: Conversation, answer: Answer, built: prompts.BuiltPrompt, raw_suffix: list[int],
+              refer: list[int], t_start: float, on_token, should_cancel,
+              keep_logits: bool) -> tuple[Answer, QueryTrace]:
+        """One conversation turn: fit it into the limits, prefill the pending ids + the message on the
+        conversation's KV, decode, and (unless canceled) append the turn to the conversation."""
+        store, state = self.conversations, conv.state
+        ids, feat_pos, feat_regions = self._suffix_ids(state, raw_suffix, refer)
+        self._check_turn_budget(len(ids), built.max_new_tokens)
+        context = self.model.config.llm_cfg.max_position_embeddings
+        fit_turn(store, conv, len(ids), built.max_new_tokens, context)
+        base = conv.cache if conv.cache is not None else state.cache
+        in_cache = [i for t in conv.history for i in t.ids][:conv.cache_len - state.prefix_len]
+        raw_before = [i for t in conv.history for i in t.raw_ids]
+        inp = self._turn_input(state, base, conv.cache_len, in_cache, conv.pending, conv.pending_refer,
+                               raw_suffix, refer, raw_before=raw_before)
+        answer.regions = list(state.regions)
+        answer.conversation_id = conv.id
+        trace, kept = self._generate(answer, state, inp, built.max_new_tokens, on_token, should_cancel,
+                                     keep_logits, keep_cache=True)
+        answer.turn = conv.turns + 1  # a canceled turn is not kept: the next one gets its number
+        if not answer.canceled and store.is_live(conv):
+            gen, eos = trace.generation, self.tokenizer.eos_id
+            tokens = gen.token_ids + [eos]
+            cache, cache_len = kept
+            fed = len(gen.token_ids) if gen.stopped_on_eos else len(gen.token_ids) - 1
+            conv.commit(Turn(built.task, raw_suffix + tokens, ids + tokens, feat_pos, feat_regions),
+                        cache, cache_len, pending=tokens[max(fed, 0):])
+        store.touch(conv)
+        self._parse_into(answer, state, built, trace)
+        self._trim_memory(protect=conv)
+        answer.timings.total_ms = (time.perf_counter() - t_start) * 1000.0
+        return answer, trace
+
+    def _trim_memory(self, protect: Conversation | None = None) -> None:
+        """Keep frames + conversations within ``cache_bytes``: least recently used frames go first (the newest
+        stays), then least recently used conversations (reason ``memory``; never ``protect``)."""
+        limit = self.frames.max_bytes
+        if limit is None or not len(self.conversations):
+            return
+        total = lambda: tensor_bytes([self.frames.perceptions(), self.conversations.tensors()])  # noqa: E731
+        while total() > limit and self.frames.evict_oldest():
+            pass
+        while total() > limit:
+            victim = self.conversations.least_recent(exclude=protect)
+            if victim is None:
+                break
+            self.conversations.end(victim.id, "memory", f"conversation {victim.id!r} was evicted for memory "
+                                                        f"(cache_bytes {limit / 2**20:.0f} MiB)")
+
+    # ------------------------------------------------------------------------------------------ helpers
     @staticmethod
     def _image_size(image: np.ndarray | Perception) -> tuple[int, int]:
         """(width, height) of the caller's image; ``BadRequestError`` for an unusable array."""
@@ -470,62 +638,88 @@ class GromaEngine:
         answer.text = f"{len(regions)} object{'s' if len(regions) != 1 else ''}"
         answer.raw_text = answer.text
 
-    def _suffix_ids(self, state: PrefixState, raw: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """LLM ids of the query turn (``<refer_box>`` → ``<r k>``) and the ``<refer_feat>`` features."""
-        ids = torch.tensor(raw, dtype=torch.long)
+    def _suffix_ids(self, state: PrefixState, raw: list[int],
+                    refer: list[int]) -> tuple[list[int], list[int], list[int]]:
+        """LLM ids of a user message (``<refer_box>`` i -> ``<r refer[i]>``), the positions of its
+        ``<refer_feat>`` and the region index each of them takes, in order."""
         t = self._ids
         forbidden = {t.image: "<image>", t.region: "<region>", t.pad: "[PAD]", t.ground_box: "<ground_box>"}
-        bad = sorted({forbidden[i] for i in ids.tolist() if i in forbidden})
+        bad = sorted({forbidden[i] for i in raw if i in forbidden})
         if bad:
             raise BadRequestError(f"the query must not contain the reserved token(s) {', '.join(bad)}")
-        refer_pos = (ids == t.refer_box).nonzero().flatten().tolist()
-        n_feat = int((ids == t.refer_feat).sum())
-        if max(len(refer_pos), n_feat) > len(state.refer_match):
+        refer_pos = [i for i, x in enumerate(raw) if x == t.refer_box]
+        feat_pos = [i for i, x in enumerate(raw) if x == t.refer_feat]
+        if max(len(refer_pos), len(feat_pos)) > len(refer):
             raise BadRequestError(
-                f"the query refers to {max(len(refer_pos), n_feat)} boxes but {len(state.refer_match)} were given"
+                f"the query refers to {max(len(refer_pos), len(feat_pos))} boxes but {len(refer)} were given"
             )
+        ids = list(raw)
         for i, pos in enumerate(refer_pos):
-            ids[pos] = t.region_index(state.refer_match[i])
-        feats = state.region_tokens[state.refer_match[:n_feat]] if n_feat else None
-        return ids[None].to(self.model.device), feats
+            ids[pos] = t.region_index(refer[i])
+        return ids, feat_pos, list(refer[:len(feat_pos)])
 
-    def _generate(self, answer: Answer, state: PrefixState, raw_suffix: list[int], limit: int, on_token,
-                  should_cancel, keep_logits: bool) -> QueryTrace:
-        """Prefill the query's tokenizer ids on a fork of the prefix cache, then decode greedily."""
+    def _turn_input(self, state: PrefixState, cache: DynamicCache, cache_len: int, in_cache: list[int],
+                    pending: list[int], pending_refer: list[tuple[int, int]], raw_suffix: list[int],
+                    refer: list[int], raw_before: list[int] | None = None) -> _TurnInput:
+        """What to prefill on ``cache``: ``pending`` history ids (with their ``<refer_feat>`` positions and
+        regions as ``(position, region)`` pairs) followed by the message."""
+        ids, feat_pos, feat_regions = self._suffix_ids(state, raw_suffix, refer)
+        offset = len(pending)
+        return _TurnInput(
+            cache=cache, cache_len=cache_len, ids=list(pending) + ids,
+            feat_pos=[p for p, _ in pending_refer] + [offset + p for p in feat_pos],
+            feat_regions=[k for _, k in pending_refer] + feat_regions,
+            before=list(in_cache), raw_before=list(raw_before or []), raw_suffix=list(raw_suffix),
+        )
+
+    def _generate(self, answer: Answer, state: PrefixState, inp: _TurnInput, limit: int, on_token,
+                  should_cancel, keep_logits: bool,
+                  keep_cache: bool) -> tuple[QueryTrace, tuple[DynamicCache, int] | None]:
+        """Prefill ``inp.ids`` on a fork of ``inp.cache``, then decode greedily; with ``keep_cache`` also the
+        grown KV (for a conversation's next turn)."""
         model, tok, device = self.model, self.tokenizer, self.model.device
-        suffix, refer_feats = self._suffix_ids(state, raw_suffix)
-        room = model.config.llm_cfg.max_position_embeddings - state.prefix_len - suffix.shape[1]
+        ids = torch.tensor([inp.ids], dtype=torch.long, device=device)
+        room = model.config.llm_cfg.max_position_embeddings - inp.cache_len - len(inp.ids)
         if room < 1:
-            raise BadRequestError(f"the query is too long ({suffix.shape[1]} tokens after a "
-                                  f"{state.prefix_len}-token prefix; the model handles "
+            raise BadRequestError(f"the query is too long ({len(inp.ids)} tokens after a "
+                                  f"{inp.cache_len}-token context; the model handles "
                                   f"{model.config.llm_cfg.max_position_embeddings})")
         limit = min(limit, room)
-        trace = QueryTrace(state.prefix_ids, suffix, self._prefix_ids[0].tolist() + raw_suffix)
-        answer.prompt_tokens = state.prefix_len + suffix.shape[1]
+        suffix_ids = torch.tensor([inp.before + inp.ids], dtype=torch.long)
+        trace = QueryTrace(state.prefix_ids, suffix_ids,
+                           self._prefix_ids[0].tolist() + inp.raw_before + inp.raw_suffix, prefilled=len(inp.ids))
+        answer.prompt_tokens = inp.cache_len + len(inp.ids)
         if should_cancel is not None and should_cancel():
             answer.canceled = True
-            return trace
+            return trace, None
 
         t0 = time.perf_counter()
         decoder = self._decoder
-        decoder.begin(state.cache, state.prefix_len)
-        first = decoder.prefill(model.build_inputs_embeds(suffix, None, None, refer_feats))
-        _sync(device)
-        answer.timings.query_prefill_ms = (time.perf_counter() - t0) * 1000.0
-
-        text = tok.incremental_decoder(skip_special_tokens=False)
-        pieces: list[str] = []
-
-        def emit(token: int) -> None:
-            piece = text.push(token)
-            if piece:
-                pieces.append(piece)
-                if on_token is not None:
-                    on_token(piece)
-
+        decoder.begin(inp.cache, inp.cache_len)
+        kept = None
         try:
+            embeds = model.embed_tokens(ids)
+            if inp.feat_pos:
+                feats = state.region_tokens[torch.tensor(inp.feat_regions, device=state.region_tokens.device)]
+                embeds[0, torch.tensor(inp.feat_pos, device=device)] = feats.to(embeds.dtype)
+            first = decoder.prefill(embeds)
+            _sync(device)
+            answer.timings.query_prefill_ms = (time.perf_counter() - t0) * 1000.0
+
+            text = tok.incremental_decoder(skip_special_tokens=False)
+            pieces: list[str] = []
+
+            def emit(token: int) -> None:
+                piece = text.push(token)
+                if piece:
+                    pieces.append(piece)
+                    if on_token is not None:
+                        on_token(piece)
+
             gen = greedy_decode(first, decoder.step, eos_token_id=tok.eos_id, max_new_tokens=limit, on_token=emit,
                                 should_cancel=should_cancel, keep_logits=keep_logits)
+            if keep_cache and not gen.canceled:
+                kept = decoder.snapshot()
         finally:
             decoder.end()
         tail = text.flush()
@@ -539,7 +733,7 @@ class GromaEngine:
         answer.completion_tokens = gen.num_generated
         answer.canceled = gen.canceled
         trace.generation = gen
-        return trace
+        return trace, kept
 
     def _parse_into(self, answer: Answer, state: PrefixState, built: prompts.BuiltPrompt,
                     trace: QueryTrace) -> None:

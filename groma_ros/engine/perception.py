@@ -197,6 +197,19 @@ class FrameCache:
         with self._lock:
             return sum(p.nbytes() for p in self._items.values())
 
+    def perceptions(self) -> list[Perception]:
+        """Cached perceptions, least recently used first."""
+        with self._lock:
+            return list(self._items.values())
+
+    def evict_oldest(self) -> bool:
+        """Drop the least recently used frame unless it is the only one; True if one was dropped."""
+        with self._lock:
+            if len(self._items) <= 1:
+                return False
+            self._items.popitem(last=False)
+            return True
+
     def trim(self) -> None:
         """Evict least-recently-used frames until both bounds hold (call again after a frame grew)."""
         with self._lock:

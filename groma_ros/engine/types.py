@@ -114,3 +114,5 @@ class Answer:
     cached_prefix: bool = False  # True when the frame's prompt prefix came from the cache
     canceled: bool = False
     warnings: list[str] = field(default_factory=list)  # parser repairs of malformed model output
+    conversation_id: str = ""  # the conversation this answers ("" for a single question)
+    turn: int = 0  # its turn in that conversation, from 1 (0 for a single question)

@@ -17,9 +17,9 @@ import numpy as np
 from .scenes import COLORS, SHAPES
 
 IOU_THRESHOLD = 0.5
-TARGETS: dict[str, float] = {  # issue 6, held-out test split
+TARGETS: dict[str, float] = {  # held-out test split
     "proposal_recall": 0.98, "rec_attribute": 0.95, "rec_relation": 0.85,
-    "caption_f1": 0.90, "region_qa": 0.90,
+    "caption_f1": 0.90, "region_qa": 0.90, "dialogue_refer": 0.90,
 }
 
 BoxLike = Sequence[float] | np.ndarray
@@ -213,6 +213,7 @@ class EvalAccumulator:
         self.multi = np.zeros(3, dtype=np.int64)  # tp, n_pred, n_gt
         self.caption = np.zeros(3, dtype=np.int64)
         self.qa: dict[str, dict[str, list[bool]]] = {"region_qa": defaultdict(list), "vqa": defaultdict(list)}
+        self.dialogue: dict[tuple[int, str], list[bool]] = defaultdict(list)  # (turn from 1, kind) -> correct
 
     def add_proposals(self, kept: BoxLike | Sequence[BoxLike], gt: BoxLike | Sequence[BoxLike]) -> None:
         self.proposal.extend(proposal_hits(kept, gt, self.thr).tolist())
@@ -238,6 +239,32 @@ class EvalAccumulator:
         """``task`` is ``region_qa`` or ``vqa``; exact match after normalisation."""
         self.qa[task][kind].append(normalize_answer(pred) == normalize_answer(gt))
 
+    def add_dialogue(self, turn: int, kind: str, pred: BoxLike | str | None, gt: BoxLike | str) -> None:
+        """One dialogue turn: a referring turn (``gt`` a box; ``pred`` the first answer box or None) or a question
+        (``gt`` the answer text, exact match after normalisation)."""
+        if isinstance(gt, str):
+            hit = normalize_answer(str(pred or "")) == normalize_answer(gt)
+        else:
+            hit = _hit(pred, gt, self.thr)
+        self.dialogue[(turn, kind)].append(bool(hit))
+
+    def _dialogue_summary(self) -> dict[str, float]:
+        """``dialogue_refer``: second-turn referring accuracy (all follow-up kinds that point), with ``_n`` and per
+        kind; ``dialogue_attribute``: second-turn questions; ``dialogue_first`` / ``dialogue_turn3``: the other
+        turns."""
+        if not self.dialogue:
+            return {}
+        d = self.dialogue
+        second_refer = {k: v for (t, k), v in d.items() if t == 2 and k != "attribute"}
+        s = {"dialogue_refer": _mean([x for v in second_refer.values() for x in v]),
+             "dialogue_refer_n": float(sum(len(v) for v in second_refer.values()))}
+        for kind, v in sorted(second_refer.items()):
+            s[f"dialogue_refer_{kind}"] = _mean(v)
+        s["dialogue_attribute"] = _mean(d.get((2, "attribute"), []))
+        s["dialogue_first"] = _mean([x for (t, _), v in d.items() if t == 1 for x in v])
+        s["dialogue_turn3"] = _mean([x for (t, _), v in d.items() if t == 3 for x in v])
+        return s
+
     def summary(self) -> dict[str, float]:
         s: dict[str, float] = {"proposal_recall": _mean(self.proposal)}
         for name, rows in [("rec", [r for v in self.rec.values() for r in v])] + [
@@ -255,6 +282,7 @@ class EvalAccumulator:
             for kind, v in sorted(by_kind.items()):
                 if kind:
                     s[f"{task}_{kind}"] = _mean(v)
+        s.update(self._dialogue_summary())
         return s
 
     def table(self) -> str:
@@ -266,7 +294,7 @@ class EvalAccumulator:
         for key in _row_keys(s):
             target = pct(TARGETS[key]) if key in TARGETS else ""
             n = f"{int(s[key + '_n'])}" if key + "_n" in s else ""
-            has_base = key + "_n" in s
+            has_base = key + "_random_region" in s
             base = (pct(s[key + "_random_region"]), pct(s[key + "_first_region"])) if has_base else ("", "")
             lines.append(f"{_label(key):<30}{pct(s[key], TARGETS.get(key)):>8}{target:>8}{n:>7}{base[0]:>10}"
                          f"{base[1]:>8}")
@@ -297,9 +325,13 @@ def _label(key: str) -> str:
              "multi_precision": "multi-object precision", "multi_recall": "multi-object recall",
              "caption_precision": "caption phrase-box precision",
              "caption_recall": "caption phrase-box recall", "caption_f1": "caption phrase-box F1",
-             "region_qa": "region-QA exact match", "vqa": "VQA accuracy"}
+             "region_qa": "region-QA exact match", "vqa": "VQA accuracy",
+             "dialogue_refer": "dialogue: 2nd-turn REC Acc@0.5", "dialogue_attribute": "dialogue: 2nd-turn question",
+             "dialogue_first": "dialogue: 1st turn", "dialogue_turn3": "dialogue: 3rd turn"}
     if key in fixed:
         return fixed[key]
+    if key.startswith("dialogue_refer_"):
+        return f"  2nd turn ({key[15:]})"
     if key.startswith("rec_relation_"):
         return f"  relation: {key[13:]}"
     if key.startswith("rec_"):

@@ -52,11 +52,13 @@ REFER_TOKEN_TEXT = "<roi><refer_box></roi><refer_feat>"
 
 _PLURAL = {s: s + "es" if s.endswith("ss") else s + "s" for s in (*SHAPES, "shape")}
 _QUESTION_WORDS = ("what", "is", "colour", "shape", "size", "how", "many", "are", "there", "yes", "no")
+DIALOGUE_WORDS: frozenset[str] = frozenset({"other", "one", "it", "and", "bigger", "smaller"})
+"""Words only the follow-up turns of ``dialogue`` use ("the other one", "and the bigger one?")."""
 VOCABULARY: frozenset[str] = frozenset(
     {"the", "a", "an", "all", "of", "left", "right", "above", "below", "describe", "image", "briefly",
      *SHAPES, "shape", *_PLURAL.values(), *COLORS, *SIZES, *EXTREMES, *SUPERLATIVES, *_QUESTION_WORDS,
-     *(str(i) for i in range(10))})
-"""Every word in any query/answer (after removing placeholders, ``<p>``/``</p>`` and ``?.``)."""
+     *DIALOGUE_WORDS, *(str(i) for i in range(10))})
+"""Every word in any query/answer, dialogues included (after removing placeholders, ``<p>``/``</p>`` and ``?.``)."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from groma_ros.engine.preprocess import preprocess
-from groma_ros.engine.prompts import PromptBuilder
+from groma_ros.engine.prompts import PREFIX, PromptBuilder
 from groma_ros.engine.types import Task
 from groma_ros.model.configuration_groma import GromaTokenIds
 from groma_ros.synthetic.scenes import COLORS, SHAPES, SIZES, Scene, SceneConfig, generate_scene, split_seeds
@@ -86,6 +86,14 @@ class EncodedSample:
     answer_start: int  # index of the first answer id
 
 
+@dataclass
+class EncodedDialogue:
+    """Unexpanded ids of a multi-turn conversation and where each turn's answer lies."""
+
+    ids: list[int]  # BOS + prefix + (suffix + answer + </s>) per turn
+    answers: list[tuple[int, int]]  # [start, end) of each turn's answer ids, its </s> included
+
+
 class PromptEncoder:
     """Turns a ``TextSample`` + object->region map into ids, via the engine's prompt builder."""
 
@@ -95,16 +103,26 @@ class PromptEncoder:
         self._prefix: list[int] | None = None
 
     def encode(self, sample: TextSample, object_to_region: dict[int, int]) -> EncodedSample:
-        task, query, nboxes = engine_query(sample)
-        built = self.builder.build(task, query, num_boxes=nboxes)
+        enc = self.encode_dialogue([sample], object_to_region)
+        return EncodedSample(enc.ids, enc.answers[0][0])
+
+    def encode_dialogue(self, turns: list[TextSample], object_to_region: dict[int, int]) -> EncodedDialogue:
+        """The conversation as the engine continues it: each turn's suffix (tokenized on its own, as the engine
+        does) after the previous answer's ``</s>`` (conv_llava style 'two')."""
         if self._prefix is None:
-            self._prefix = self.tok.encode(built.prefix)
-        _, answer = render(sample, object_to_region)
-        prompt = self._prefix + self.tok.encode(built.suffix, add_bos=False)
-        # The original tokenizes "ASSISTANT: {answer}</s>" as one string; the space before the answer is
-        # SentencePiece's "▁" (tags strip it), which ``continuation=False`` reproduces for the answer alone.
-        answer_ids = self.tok.encode(" " + answer + "</s>", add_bos=False, continuation=True)
-        return EncodedSample(prompt + answer_ids, len(prompt))
+            self._prefix = self.tok.encode(PREFIX)
+        ids, answers = list(self._prefix), []
+        for sample in turns:
+            task, query, nboxes = engine_query(sample)
+            built = self.builder.build(task, query, num_boxes=nboxes)
+            ids += self.tok.encode(built.suffix, add_bos=False)
+            _, answer = render(sample, object_to_region)
+            # The original tokenizes "ASSISTANT: {answer}</s>" as one string; the space before the answer is
+            # SentencePiece's "▁" (tags strip it), which ``continuation=True`` reproduces for the answer alone.
+            answer_ids = self.tok.encode(" " + answer + "</s>", add_bos=False, continuation=True)
+            answers.append((len(ids), len(ids) + len(answer_ids)))
+            ids += answer_ids
+        return EncodedDialogue(ids, answers)
 
 
 def expand_ids(ids: list[int], t: GromaTokenIds, num_image_tokens: int, num_regions: int,

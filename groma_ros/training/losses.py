@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
 
 from . import data
-from .recipe import PHRASE_POINTER_HEAD, Stage2Config
+from .recipe import PHRASE_POINTER_HEAD, REFERENT_HEAD, Stage2Config
 from .sequences import Sequence, sequence_embeds
 
 
@@ -87,7 +87,10 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
       to the region the phrase will be tied to (the phrase precedes its ``<rK>``);
     * ``exists_pointer_layers`` head ``exists_pointer_head``: the answer position of "is there a red circle?"
       attends to the regions showing one (any of them), else to position 0; head 1 of ``gather_layers`` brings
-      it the colour and shape words.
+      it the colour and shape words;
+    * ``referent_layers`` head ``REFERENT_HEAD``: in a dialogue, a follow-up's answer position attends to the
+      earlier answer's ``<rK>`` that named its referent ("it"); with ``referent_phrase``, head 3 of
+      ``anchor_gather_layers`` brings it the words that described the referent in the first query.
     Loss: mean negative log attention weight on the targets. Also returns the pointer heads' argmax accuracy.
     """
     terms, hits = [], []
@@ -110,6 +113,14 @@ def attention_losses(attentions, seqs: list[Sequence], t, s2: Stage2Config) -> t
                 terms.append(-(attentions[layer][b, s2.exists_pointer_head, pos, keys].sum() + 1e-6).log()[None])
             for layer in s2.gather_layers:
                 terms.append(-(attentions[layer][b, 1, pos, torch.tensor(words, device=dev)] + 1e-6).log().mean()[None])
+        for p, words in s.referent_words:
+            for layer in s2.anchor_gather_layers:
+                terms.append(-(attentions[layer][b, 3, p, torch.tensor(words, device=dev)] + 1e-6).log().mean()[None])
+        if s.referents and s2.referent_layers:
+            q = torch.tensor([p for p, _ in s.referents], device=dev)
+            k = torch.tensor([k for _, k in s.referents], device=dev)
+            for layer in s2.referent_layers:
+                terms.append(-(attentions[layer][b, REFERENT_HEAD, q, k] + 1e-6).log())
         if not s.pointer:
             continue
         q = torch.tensor([p for p, _ in s.pointer], device=dev)

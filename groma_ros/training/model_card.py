@@ -1,6 +1,11 @@
 """Write ``MODEL_CARD.md`` for the exported default model from its config, the run log and ``eval.json``.
 
 ``python -m groma_ros.training.model_card --run-dir runs/default --model groma_ros/assets/default_model``
+
+``--update``: when the earlier runs' logs are not at hand, update the shipped card instead of rendering it from
+scratch: the evaluation tables and the targets line are re-rendered from ``eval.json``, each ``--continuation``
+gets its paragraph after the ones already listed and ``--notes`` (``@FILE`` reads a file) goes before the
+previous "What the last continuation changed" sections; everything else is kept as it is.
 """
 
 from __future__ import annotations
@@ -127,7 +132,9 @@ def _stage2_continuation(run: Path, records: list[dict]) -> list[str]:
             f"changes vs the defaults: `{json.dumps(_changed(cfg, Stage2Config().as_dict()))}`. Best val quick-eval "
             f"at step {best['step']}: REC attr {100 * last.get('rec_attribute', 0):.0f} % / "
             f"rel {100 * last.get('rec_relation', 0):.0f} %, caption F1 {last.get('caption_f1', 0):.2f}, "
-            f"region-QA {100 * last.get('region_qa', 0):.0f} %.", "", *_command(run)]
+            f"region-QA {100 * last.get('region_qa', 0):.0f} %"
+            + (f", dialogue 2nd-turn REC {100 * last['dialogue_refer']:.0f} %" if "dialogue_refer" in last else "")
+            + ".", "", *_command(run)]
 
 
 def _continuations(runs: list[Path]) -> str:
@@ -151,15 +158,16 @@ def _pct(table: dict, key: str, target: float | None = None) -> str:
 
 TARGETS = (("proposal_recall", "proposal recall", 0.98), ("rec_attribute", "attribute REC", 0.95),
            ("rec_relation", "relational REC", 0.85), ("caption_f1", "grounded-caption F1", 0.90),
-           ("region_qa", "region QA", 0.90))
+           ("region_qa", "region QA", 0.90), ("dialogue_refer", "second-turn referring in dialogues", 0.90))
+_SUMMARY_HEAD = "Meets the targets for "
 
 
 def _target_summary(measured: dict) -> str:
-    """Which of issue 6's targets the evaluated weights meet, with the measured values."""
+    """Which targets (issue 6's, and the dialogue one) the evaluated weights meet, with the measured values."""
     met = [f"{name} ({_pct(measured, key)})" for key, name, goal in TARGETS if measured.get(key, -1) >= goal]
     missed = [f"{name} ({_pct(measured, key, goal)}, target {100 * goal:.0f} %)"
               for key, name, goal in TARGETS if key in measured and measured[key] < goal]
-    text = f"Meets issue 6's targets for {', '.join(met) or 'none'}"
+    text = f"{_SUMMARY_HEAD}{', '.join(met) or 'none'}"
     return text + (f"; below them for {', '.join(missed)}." if missed else ".")
 
 
@@ -255,8 +263,7 @@ Region order shuffled (seeded) before the LLM sees it:
 
 - Synthetic world only: shapes, colours, sizes and simple spatial relations; it does not understand natural
   images, other objects, or words outside `groma_ros/synthetic/VOCABULARY.md`.
-- Trained for about two CPU hours plus the continuations above. {_target_summary(measured)} Counting/existence
-  VQA is weak ({_pct(measured, "vqa")}).
+{_trained_bullet(measured)}
 - Speed: the 200-scene test evaluation (~8,000 queries) took ~60 s on this 2-core CPU VM, i.e. well under 10 ms per
   query once a frame's prefix is cached.
 - Fixed prompt formats: REFER via `Locate <p>..</p> in the image.`, captions via `[grounding]`, region QA via
@@ -267,16 +274,59 @@ Region order shuffled (seeded) before the LLM sees it:
     return card
 
 
+_TRAINED_BULLET = "- Trained for about two CPU hours plus the continuations above."
+
+
+def _trained_bullet(measured: dict) -> str:
+    """The limitations bullet with the targets met and the weakest task."""
+    return (f"{_TRAINED_BULLET} {_target_summary(measured)} Counting questions are weak "
+            f"({_pct(measured, 'vqa_count')}).")
+
+
+def _replace_block(card: str, heading: str, body: str) -> str:
+    """``card`` with the fenced block that follows ``heading`` replaced by ``body``."""
+    start = card.index(heading)
+    open_ = card.index("```\n", start) + 4
+    close = card.index("\n```", open_)
+    return card[:open_] + body + card[close:]
+
+
+def update_card(model_dir: Path, continuations: list[Path], notes: str = "") -> str:
+    """The shipped card updated in place (see the module docstring); returns it."""
+    path = model_dir / "MODEL_CARD.md"
+    card = path.read_text()
+    report = json.loads((model_dir / "eval.json").read_text())
+    tables = report.get("tables", {})
+    card = _replace_block(card, "Region order as the engine uses it", tables.get("score_order", "(not evaluated)"))
+    card = _replace_block(card, "Region order shuffled", tables.get("shuffled", "(not evaluated)"))
+    start = card.index(_TRAINED_BULLET)
+    end = card.index("\n- ", start)
+    card = card[:start] + _trained_bullet(report.get("score_order", {})) + card[end:]
+    added = _continuations(continuations).split("\n", 2)[-1] if continuations else ""
+    marker = "### What the last continuation changed"
+    at = card.index(marker) if marker in card else card.index("## Limitations")
+    insert = (added.strip() + "\n\n" if added.strip() else "") + (notes.strip() + "\n\n" if notes.strip() else "")
+    card = card[:at] + insert + card[at:]
+    path.write_text(card)
+    return card
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", type=Path, default=Path("runs/default"))
     p.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "assets" / "default_model")
-    p.add_argument("--notes", default="")
+    p.add_argument("--notes", default="", help="text for the card, or @FILE")
     p.add_argument("--continuation", type=Path, action="append", default=[],
                    help="run dir of a warm-started run (--stage1-init or --stage2-init) behind the shipped weights; "
                         "repeatable, in order")
+    p.add_argument("--update", action="store_true",
+                   help="update the shipped card (new tables, continuations, notes) instead of rendering it anew")
     args = p.parse_args()
-    write_card(args.run_dir, args.model, args.notes, args.continuation)
+    notes = Path(args.notes[1:]).read_text() if args.notes.startswith("@") else args.notes
+    if args.update:
+        update_card(args.model, args.continuation, notes)
+    else:
+        write_card(args.run_dir, args.model, notes, args.continuation)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ CAPTION_ORDERS = ("left_to_right", "regions")
 PHRASE_POINTER_HEAD = 4  # the attention head that ``phrase_pointer_layers`` supervises
 EXISTS_POINTER_HEAD = 5  # the attention head that ``exists_pointer_layers`` supervises
 RELATION_TASK = "refer_relation"  # task-weight key: refer samples of kind "relation"
+DIALOGUE_TASK = "dialogue"  # task-weight key: multi-turn dialogues (``synthetic.dialogue``)
+REFERENT_HEAD = 2  # the attention head that ``referent_layers`` supervises
 SCENE_SIZE = 128  # scenes are drawn at the generator's default size and resized by the engine's preprocess
 
 
@@ -104,6 +106,16 @@ class Stage2Config:
     # [2, 3] with head 0 in the shipped weights' last run (v2b): existence 92 % on test; a fresh head (5) was slow.
     exists_pointer_layers: tuple[int, ...] = ()
     exists_pointer_head: int = EXISTS_POINTER_HEAD  # 0 = share the REC pointer head (already a phrase-region matcher)
+    # head ``REFERENT_HEAD`` of these: in a dialogue, the position that answers a follow-up ("the other one", "what
+    # colour is it?") attends to the ``<rK>`` of the earlier answer that named the referent. Why: "it" is an index in
+    # the history, and the referent's features sit at that region's token in the prompt; this head fetches the index,
+    # the anchor head (``anchor_layers``, trained on these answers with the referent as anchor) then the features.
+    referent_layers: tuple[int, ...] = ()
+    # dialogues: a follow-up's answer position also gathers, with head 3 of ``anchor_gather_layers`` (which gathers
+    # the anchor phrase of binary relations), the words that described the referent in the first query ("the red
+    # circle"). Why: the anchor head then finds the referent by its description, a match it already makes for
+    # "X left of the red circle", instead of by the ``<rK>`` index alone (an index match it learned slowly).
+    referent_phrase: bool = False
     align_weight: float = 0.5  # region token vs the word embeddings of its colour/shape/size + box regression
     position_weight: float = 0.0  # region token vs "leftmost"/... embeddings, linear in its position (losses.py)
     curriculum_steps: int = 1500  # first steps: scenes with <= curriculum_objects objects
@@ -112,12 +124,12 @@ class Stage2Config:
     eval_scenes: int = 24  # val scenes of the periodic evaluation (48 at the end)
     task_weights: dict[str, float] = field(default_factory=lambda: {
         "refer": 0.45, "refer_multi": 0.1, "grounded_caption": 0.12, "region_qa": 0.18, "vqa": 0.15})
-    # keys: the text tasks, plus "refer_relation" (refer samples of kind "relation" only)
+    # keys: the text tasks, plus "refer_relation" (refer samples of kind "relation" only) and "dialogue"
 
     def __post_init__(self) -> None:
         if self.caption_order not in CAPTION_ORDERS:
             raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {self.caption_order!r}")
-        known = {*TASKS, RELATION_TASK}
+        known = {*TASKS, RELATION_TASK, DIALOGUE_TASK}
         if unknown := set(self.task_weights) - known:
             raise ValueError(f"unknown task_weights keys {sorted(unknown)}; known: {sorted(known)}")
 

@@ -17,6 +17,7 @@ import torch
 
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
 from groma_ros.model.ops import box_iou, cxcywh_to_xyxy, first_argmax, nms
+from groma_ros.synthetic.dialogue import Dialogue
 from groma_ros.synthetic.scenes import Scene
 from groma_ros.synthetic.texts import RELATIONS, TextSample, caption_sample, referenced_objects, resolve
 
@@ -48,6 +49,11 @@ class Sequence:
     # VQA "is there a <colour> <shape>?": (answer position, regions showing one, positions of the colour and shape
     # words in the question); no regions = the answer is "no" (the position then targets the sink, position 0).
     exists: tuple[int, list[int], list[int]] | None = None
+    # Dialogues: (position answering a follow-up, position of the history's <rK> naming the referent).
+    referents: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    # Dialogues: (position answering a follow-up, positions of the words inside the <p>..</p> that described the
+    # referent in an earlier query), for the anchor-gather head.
+    referent_words: list[tuple[int, list[int]]] = dataclasses.field(default_factory=list)
 
     def to(self, device: torch.device | str) -> Sequence:
         """The tensors the forward reads on ``device`` (built on the CPU: region selection there is cheaper)."""
@@ -164,6 +170,76 @@ def make_sequence(scene: SceneCache, samples, task: str, encoder: data.PromptEnc
         else None
     return Sequence(ids_t, weights, rows, torch.tensor([int(rows[k]) for k in refer_regions], dtype=torch.long),
                     pointer, scene, region_attrs, kept.float(), anchors, split, phrase_pointer, exists)
+
+
+def make_dialogue_sequence(scene: SceneCache, dialogues: list[Dialogue], encoder: data.PromptEncoder, model_cfg,
+                           s2: Stage2Config, rng: random.Random, shuffle: bool = True, dialogue: Dialogue | None = None,
+                           attrs: torch.Tensor | None = None) -> Sequence | None:
+    """One multi-turn training sequence (None if the scene has no dialogue or its objects lack kept regions).
+
+    Every answer is trained. A follow-up's answer position (the one before each ``<rK>``, or before the first word
+    of a text answer) gets the referent as its anchor (``anchor_layers``), as ``referents`` the position of the
+    ``<rK>`` by which an earlier answer named the referent (``referent_layers``) and, with ``referent_phrase``, as
+    ``referent_words`` the words that described it in an earlier query (``anchor_gather_layers``)."""
+    if dialogue is None:
+        if not dialogues:
+            return None
+        dialogue = rng.choice(dialogues)
+    rows, kept = select(scene, model_cfg, None, rng if shuffle else None)
+    q = len(scene.boxes) - scene.num_objects
+    iou = box_iou(cxcywh_to_xyxy(scene.boxes[q:]), cxcywh_to_xyxy(kept))
+    best = iou.max(1)
+    obj_to_region = {j: int(best.indices[j]) for j in range(len(best.values)) if float(best.values[j]) >= 0.5}
+    needed = {o for turn in dialogue.turns for o in referenced_objects(turn)}
+    if not needed <= set(obj_to_region):
+        return None
+    enc = encoder.encode_dialogue(list(dialogue.turns), obj_to_region)
+    t = model_cfg.token_ids
+    ids, offset = data.expand_ids(enc.ids, t, model_cfg.num_image_tokens, len(rows), [])
+    weights = torch.zeros(len(ids))
+    pointer: list[tuple[int, int]] = []
+    anchors: list[tuple[int, int]] = []
+    referents: list[tuple[int, int]] = []
+    named_at: dict[int, int] = {}  # object -> position of the latest answer <rK> naming it
+    described_at: dict[int, list[int]] = {}  # object -> positions of the phrase words that described it
+    referent_words: list[tuple[int, list[int]]] = []
+    opens, closes = t.by_name("<p>"), t.by_name("</p>")
+    for (a, b), turn, referent in zip(enc.answers, dialogue.turns, dialogue.referents, strict=True):
+        a, b = a + offset, b + offset
+        if turn.task == "refer" and turn.kind == "attribute" and s2.referent_phrase:  # "the red circle"
+            start = max(i for i in range(a) if ids[i] == opens)
+            described_at[turn.answer_objects[0][0]] = list(range(start + 1, ids.index(closes, start)))
+        weights[a:b] = 1.0
+        answer_positions = []
+        for pos in range(a, b):
+            k = t.region_of(ids[pos])
+            if k is not None:
+                weights[pos] = s2.region_weight
+                pointer.append((pos - 1, k))
+                answer_positions.append(pos - 1)
+        if not answer_positions:  # a text answer: the position before its first word piece
+            first = a
+            while first < b - 1 and encoder.tok.convert_ids_to_tokens([ids[first]])[0] == "▁":
+                first += 1
+            answer_positions = [first - 1]
+        if referent is not None:
+            anchors += [(p, obj_to_region[referent]) for p in answer_positions]
+            if referent in named_at:
+                referents += [(p, named_at[referent]) for p in answer_positions]
+            if referent in described_at:
+                referent_words += [(p, described_at[referent]) for p in answer_positions]
+        if turn.task == "refer":
+            for obj, pos in zip(turn.answer_objects[0], (p + 1 for p in answer_positions), strict=False):
+                named_at[obj] = pos
+    list_pos = [p for p in range(enc.answers[0][0] + offset) if t.region_of(ids[p]) is not None
+                and ids[p + 1] == t.region]
+    weights[torch.tensor(list_pos, dtype=torch.long)] = s2.list_weight
+    region_attrs = torch.full((len(rows), 3), -1, dtype=torch.long)
+    if attrs is not None:
+        for j, k in obj_to_region.items():
+            region_attrs[k] = attrs[j]
+    return Sequence(torch.tensor(ids, dtype=torch.long), weights, rows, torch.empty(0, dtype=torch.long), pointer,
+                    scene, region_attrs, kept.float(), anchors, None, [], None, referents, referent_words)
 
 
 def exists_targets(sample: TextSample, scene: Scene | None, obj_to_region: dict[int, int], ids: list[int],

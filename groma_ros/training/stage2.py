@@ -26,14 +26,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
+from groma_ros.synthetic.dialogue import generate_dialogues
 from groma_ros.synthetic.scenes import Scene
 from groma_ros.synthetic.texts import generate_samples
 
 from . import common, data
 from .cache import SceneCache, build_cache, cache_to, load_or_build_cache  # noqa: F401  (SceneCache: old pickles)
 from .losses import Stage2Aux, attribute_word_ids, batch_forward
-from .recipe import Stage2Config
-from .sequences import Sequence, make_sequence
+from .recipe import DIALOGUE_TASK, Stage2Config
+from .sequences import Sequence, make_dialogue_sequence, make_sequence
 
 MAX_ATTEMPTS_PER_SEQUENCE = 200  # sampling tries per wanted sequence before a batch counts as impossible
 
@@ -146,16 +147,18 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
     rng = random.Random(seed * 1000 + step)
     encoder = data.PromptEncoder(tokenizer)
     simple = [c for c in cache if c.num_objects <= s2.curriculum_objects]
-    samples_memo: dict[int, tuple[list, torch.Tensor, Scene]] = {}
+    samples_memo: dict[int, tuple[list, torch.Tensor, Scene, list]] = {}
 
-    def samples_of(scene: SceneCache) -> tuple[list, torch.Tensor, Scene]:
-        """The scene's text samples, its objects' attribute indices and the scene (regenerated from the seed)."""
+    def samples_of(scene: SceneCache) -> tuple[list, torch.Tensor, Scene, list]:
+        """The scene's text samples, its objects' attribute indices, the scene (regenerated from the seed) and its
+        dialogues."""
         if scene.index not in samples_memo:
             sc = data.train_scene(scene.index)
             st = data.scene_tensors(sc, model.config.image_size)
             samples = generate_samples(sc)
+            dialogues = generate_dialogues(sc) if DIALOGUE_TASK in s2.task_weights else []
             sc = dataclasses.replace(sc, image=None)  # only the objects are needed again; keep the memo small
-            samples_memo[scene.index] = (samples, torch.stack([st.color, st.shape, st.size], 1), sc)
+            samples_memo[scene.index] = (samples, torch.stack([st.color, st.shape, st.size], 1), sc, dialogues)
         return samples_memo[scene.index]
 
     budget = common.Budget(max_minutes)
@@ -165,7 +168,9 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
     bar = tqdm(desc="stage 2", unit="step", initial=step, dynamic_ncols=True, mininterval=5)
 
     def build(scene: SceneCache, task: str) -> Sequence | None:
-        samples, attrs, scene_obj = samples_of(scene)
+        samples, attrs, scene_obj, dialogues = samples_of(scene)
+        if task == DIALOGUE_TASK:
+            return make_dialogue_sequence(scene, dialogues, encoder, model.config, s2, rng, attrs=attrs)
         return make_sequence(scene, samples, task, encoder, model.config, s2, rng, attrs=attrs, scene_obj=scene_obj)
 
     def save() -> None:
@@ -176,7 +181,7 @@ def run_stage2(model: GromaForConditionalGeneration, tokenizer, run_dir: Path, s
     def evaluate_and_export(n_scenes: int) -> None:
         nonlocal best
         model.eval()
-        metrics = quick_eval(model, tokenizer, n_scenes=n_scenes)
+        metrics = quick_eval(model, tokenizer, n_scenes=n_scenes, dialogue=DIALOGUE_TASK in s2.task_weights)
         model.train()
         model.perceiver.eval()
         score = metrics["score"]

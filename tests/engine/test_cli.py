@@ -87,3 +87,45 @@ def test_missing_default_model_exit_3(monkeypatch, png, tmp_path, capsys):
     assert cli.main(["detect", str(png), "--threads", "1"]) == 3
     err = capsys.readouterr().err
     assert "embedded default model is not installed" in err and "model.safetensors" in err
+
+
+def _chat(model_dir, png, *extra, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "groma_ros.cli", "chat", str(png), "--model", str(model_dir), "--threads", "1",
+         "--quiet", *extra], input=stdin, capture_output=True, text=True, timeout=180,
+    )
+
+
+def test_chat_script_json_lines_one_conversation(model_dir, png, tmp_path):
+    script = tmp_path / "turns.txt"
+    script.write_text("where is the red mug?\n\n# a comment line\nwhat colour is it?\nthe other one\n")
+    proc = _chat(model_dir, png, "--script", str(script), "--json", "--save", str(tmp_path / "turn.png"),
+                 "--max-new-tokens", "3")
+    assert proc.returncode == 0, proc.stderr
+    turns = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [t["turn"] for t in turns] == [1, 2, 3]
+    assert len({t["conversation_id"] for t in turns}) == 1 and turns[0]["conversation_id"]
+    assert [t["query"] for t in turns] == ["where is the red mug?", "what colour is it?", "the other one"]
+    assert [t["task"] for t in turns] == ["refer", "vqa", "refer"]
+    for before, after in zip(turns, turns[1:], strict=False):  # each turn sees the previous ones
+        assert after["tokens"]["prompt"] > before["tokens"]["prompt"] + before["tokens"]["completion"]
+    for k in (1, 2, 3):
+        assert cv2.imread(str(tmp_path / f"turn_{k}.png")).shape == (60, 80, 3)
+
+
+def test_chat_reads_typed_turns_and_starts_over_on_new(model_dir, png):
+    proc = _chat(model_dir, png, "--max-new-tokens", "2",
+                 stdin="where is the mug?\nwhat colour is it?\n/new\nis it big?\n/quit\nnever asked\n")
+    assert proc.returncode == 0, proc.stderr
+    heads = [line for line in proc.stdout.splitlines() if line.startswith("[turn")]
+    assert [h.split("]")[0] for h in heads] == ["[turn 1", "[turn 2", "[turn 1"]
+    assert "task refer" in proc.stdout and "task vqa" in proc.stdout
+
+
+def test_chat_script_errors(model_dir, png, tmp_path, capsys):
+    script = tmp_path / "long.txt"
+    script.write_text("where is the mug?\nwhat colour is it?\n")
+    proc = _chat(model_dir, png, "--script", str(script), "--max-new-tokens", "5000")
+    assert proc.returncode == 2 and "max_tokens" in proc.stderr and proc.stdout == ""
+    code = cli.main(["chat", str(png), "--script", str(tmp_path / "missing.txt"), "--model", "/nonexistent/model"])
+    assert code == 2 and "cannot read the script" in capsys.readouterr().err  # before the model is looked for

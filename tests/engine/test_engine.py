@@ -332,7 +332,8 @@ def test_cached_prefix_reproduces_original_generation(tmp_path, monkeypatch):
         state = eng._build_prefix(vision, selection, (448, 448), user_px)
         for _ in range(2):  # the second run re-uses the (unchanged) prefix cache
             answer = Answer(task=Task.VQA, query="", text="", raw_text="")
-            trace = eng._generate(answer, state, ids[cut:], 10, None, None, keep_logits=True)
+            inp = eng._turn_input(state, state.cache, state.prefix_len, [], [], [], ids[cut:], state.refer_match)
+            trace, _ = eng._generate(answer, state, inp, 10, None, None, keep_logits=True, keep_cache=False)
             gen = trace.generation
             tokens = gen.token_ids + ([2] if gen.stopped_on_eos else [])
             assert tokens == expected[f"{name}_gen_tokens"].tolist(), name

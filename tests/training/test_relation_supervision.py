@@ -287,3 +287,92 @@ def test_position_alignment_orders_regions_by_their_extreme_words(tokenizer):
         order = torch.argsort(score, descending=True)
         coord = boxes[order, axis] * ascending
         assert torch.all(coord[:-1] <= coord[1:] + 0.02), word
+
+
+def test_dialogue_sequences_train_every_answer_and_point_back_at_the_referent(model, tokenizer, scene_caches):
+    """A dialogue is one sequence: prefix, then per turn the engine's message ids and the answer; each follow-up's
+    answer position has the referent's region as anchor and, as referent key, the position of the ``<rK>`` by
+    which the first answer named it; the referent loss prefers attending there and is off without the option."""
+    from groma_ros.synthetic.dialogue import generate_dialogues
+
+    enc, t = data.PromptEncoder(tokenizer), model.config.token_ids
+    s2 = Stage2Config(pointer_layers=(), gather_layers=(), referent_layers=(0,))
+    checked = set()
+    for sc in scene_caches:
+        for dialogue in generate_dialogues(data.train_scene(sc.index)):
+            seq = sequences.make_dialogue_sequence(sc, [], enc, model.config, s2, random.Random(1), shuffle=False,
+                                                   dialogue=dialogue)
+            if seq is None:
+                continue
+            ids = seq.ids.tolist()
+            q = len(sc.boxes) - sc.num_objects
+            region_of = {j: k for k in range(len(seq.region_boxes)) for j in range(sc.num_objects)
+                         if torch.allclose(seq.region_boxes[k], sc.boxes[q + j].float())}
+            eos = [i for i, x in enumerate(ids) if x == tokenizer.eos_id][1:]  # the prefix's first exchange ends at 0
+            assert len(eos) == len(dialogue.turns) and eos[-1] == len(ids) - 1
+            trained = [i for i, w in enumerate(seq.weights.tolist()) if w > 0 and w != s2.list_weight]
+            assert eos[0] in trained and all(e in trained for e in eos)
+            first_target = region_of[dialogue.turns[0].answer_objects[0][0]]
+            named = ids.index(t.region_index(first_target), eos[0] - 3)  # the <rK> of the first answer
+            assert named < eos[0]
+            referent = region_of[dialogue.referents[1]]
+            follow = [(p, k) for p, k in seq.pointer if p > eos[0] and p < eos[1]]
+            if dialogue.turns[1].task == "refer":
+                assert [k for _, k in follow] == [region_of[dialogue.turns[1].answer_objects[0][0]]]
+                positions = [p for p, _ in follow]
+            else:
+                assert not follow
+                answer_word = tokenizer.decode(ids[eos[0] + 1:eos[1]]).split("ASSISTANT:")[-1].strip()
+                assert answer_word.removesuffix("</s>").strip() == dialogue.turns[1].answer
+                positions = [p for p, _ in seq.anchors if eos[0] < p < eos[1]]
+                assert len(positions) == 1
+            assert [(p, k) for p, k in seq.anchors if eos[0] < p < eos[1]] == [(p, referent) for p in positions]
+            assert [(p, k) for p, k in seq.referents if eos[0] < p < eos[1]] == [(p, named) for p in positions]
+            n = len(ids)
+            right, wrong = (torch.full((1, 6, n, n), 1.0 / n) for _ in range(2))
+            for p in positions:
+                right[0, 2, p] = 0.0
+                right[0, 2, p, named] = 1.0
+                wrong[0, 2, p] = 0.0
+                wrong[0, 2, p, named - 1] = 1.0
+            loss = {name: float(losses.attention_losses([m] * 4, [seq], t, s2)[0]) for name, m in
+                    (("right", right), ("wrong", wrong))}
+            assert loss["right"] + 1.0 < loss["wrong"]
+            off = float(losses.attention_losses([wrong] * 4, [seq], t, Stage2Config(pointer_layers=(),
+                                                                                    gather_layers=()))[0])
+            assert off < loss["wrong"]
+            assert seq.referent_words == []  # off unless referent_phrase
+            words = sequences.make_dialogue_sequence(sc, [], enc, model.config, Stage2Config(referent_phrase=True),
+                                                     random.Random(1), shuffle=False, dialogue=dialogue)
+            described = [(p, tokenizer.decode([ids[w] for w in ws])) for p, ws in words.referent_words
+                         if eos[0] < p < eos[1]]
+            assert described == [(p, dialogue.turns[0].query) for p in positions]
+            gather = Stage2Config(pointer_layers=(), gather_layers=(), anchor_gather_layers=(0,), referent_phrase=True)
+            right, wrong = (torch.full((1, 6, n, n), 1.0 / n) for _ in range(2))
+            for p, ws in words.referent_words:
+                right[0, 3, p] = 0.0
+                right[0, 3, p, ws] = 1.0 / len(ws)
+                wrong[0, 3, p] = 0.0
+                wrong[0, 3, p, p] = 1.0
+            assert (float(losses.attention_losses([right] * 4, [words], t, gather)[0]) + 1.0
+                    < float(losses.attention_losses([wrong] * 4, [words], t, gather)[0]))
+            checked.add(dialogue.turns[1].task)
+    assert checked == {"refer", "vqa"}
+
+
+def test_dialogue_encoding_is_the_multi_turn_template(tokenizer):
+    """Turn by turn as the engine continues a conversation, and the same as tokenizing the whole conversation."""
+    from groma_ros.engine.prompts import PREFIX, build_prompt
+    from groma_ros.synthetic.texts import TextSample
+
+    enc = data.PromptEncoder(tokenizer)
+    turns = [TextSample("refer", "the red circle", "{roi0}", [], [[0]], "attribute"),
+             TextSample("refer", "and the bigger one?", "{roi0}", [], [[2]], "comparative"),
+             TextSample("vqa", "what colour is it?", "blue", [], [], "attribute")]
+    out = enc.encode_dialogue(turns, {0: 3, 2: 1})
+    text = PREFIX + "".join(build_prompt(data.engine_query(s)[0], s.query).suffix + f" {a}</s>"
+                            for s, a in zip(turns, ["<roi><r3></roi>", "<roi><r1></roi>", "blue"], strict=True))
+    assert out.ids == tokenizer.encode(text)
+    assert [tokenizer.decode(out.ids[a:b]) for a, b in out.answers] == ["<roi><r3></roi></s>", "<roi><r1></roi></s>",
+                                                                        "blue</s>"]
+    assert "Locate <p>the bigger one</p> in the image." in text

@@ -46,8 +46,9 @@ def test_stage2_warm_start_with_overrides(tmp_path, monkeypatch):
         shutil.copytree(src, second / name) if src.is_dir() else shutil.copy(src, second / name)
     overrides = {"batch_size": 4, "curriculum_steps": 0, "anchor_layers": [1], "lr": 5e-4,
                  "anchor_gather_layers": [0], "caption_order": "regions", "position_weight": 0.1,
-                 "phrase_pointer_layers": [1, 2],
-                 "task_weights": {"refer": 0.2, "refer_relation": 0.3, "grounded_caption": 0.3, "vqa": 0.2}}
+                 "phrase_pointer_layers": [1, 2], "referent_layers": [0],
+                 "task_weights": {"refer": 0.2, "refer_relation": 0.2, "grounded_caption": 0.3, "vqa": 0.1,
+                                  "dialogue": 0.2}}
     main(["--run-dir", str(second), "--stages", "2", "--stage2-steps", "3", "--stage2-init",
           str(first / "stage2" / "best.pt"), "--stage2-set", json.dumps(overrides), *common])
     records = [json.loads(line) for line in (second / "log.jsonl").read_text().splitlines()]
@@ -55,7 +56,8 @@ def test_stage2_warm_start_with_overrides(tmp_path, monkeypatch):
     assert start["init"].endswith("best.pt") and start["config"]["anchor_layers"] == [1]
     assert start["config"]["batch_size"] == 4 and start["config"]["curriculum_steps"] == 0
     assert start["config"]["caption_order"] == "regions" and start["config"]["anchor_gather_layers"] == [0]
-    assert start["config"]["phrase_pointer_layers"] == [1, 2]
+    assert start["config"]["phrase_pointer_layers"] == [1, 2] and start["config"]["referent_layers"] == [0]
+    assert start["config"]["task_weights"]["dialogue"] == 0.2
     assert torch.load(second / "stage2" / "ckpt.pt", weights_only=False)["step"] == 3
     assert not list(tmp_path.glob("*.safetensors"))
     with pytest.raises(SystemExit, match="unknown Stage2Config fields"):

@@ -95,15 +95,16 @@ def answer_msg(answer: Answer, header: Header, query_id: str, model_id: str,
         detections=detections_msg(answer, header, query_id, points, camera), model_id=model_id,
         preprocess_ms=float(t.preprocess_ms), encode_ms=float(t.encode_ms), generate_ms=float(t.generate_ms),
         total_ms=float(t.total_ms),
-        prompt_tokens=int(answer.prompt_tokens), completion_tokens=int(answer.completion_tokens))
+        prompt_tokens=int(answer.prompt_tokens), completion_tokens=int(answer.completion_tokens),
+        conversation_id=answer.conversation_id, turn=int(answer.turn))
 
 
 def error_answer_msg(query_id: str, query: str, task: int, status: Status, error: str, model_id: str = "",
-                     header: Header | None = None, camera: str = "") -> GroundedAnswer:
+                     header: Header | None = None, camera: str = "", conversation_id: str = "") -> GroundedAnswer:
     """An answer that carries only a status and a reason (no image used, bad request, busy, ...)."""
     header = header if header is not None else Header()
     return GroundedAnswer(header=header, camera=camera, query_id=query_id, query=query, task=int(task),
-                          status=int(status), error=error, model_id=model_id,
+                          status=int(status), error=error, model_id=model_id, conversation_id=conversation_id,
                           detections=GroundedDetectionArray(header=header, query_id=query_id))
 
 

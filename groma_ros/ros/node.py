@@ -91,10 +91,15 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Target:
-    """One frame a job will answer on."""
+    """What a job answers on: a camera frame, or (``frame`` None) a live conversation's pinned frame."""
 
     camera: CameraInput
-    frame: Frame[Any]
+    frame: Frame[Any] | None
+    pinned_header: Header | None = None
+
+    @property
+    def header(self) -> Header:
+        return self.frame.msg.header if self.frame is not None else self.pinned_header
 
 
 class GromaNode(LifecycleNode):
@@ -113,6 +118,8 @@ class GromaNode(LifecycleNode):
         self.cameras: dict[str, CameraInput] = {}
         self._active = False
         self._ids = itertools.count(1)
+        self._talks: dict[str, tuple[str, float]] = {}  # query topic -> (its conversation id, last query time)
+        self._talk_ids = itertools.count(1)
         self._camera_group = MutuallyExclusiveCallbackGroup()
         self._query_group = ReentrantCallbackGroup()
         self._camera_subscriptions: list[Any] = []
@@ -206,6 +213,7 @@ class GromaNode(LifecycleNode):
             self.params, self.cameras = None, {}
             return TransitionCallbackReturn.FAILURE
         self._model_error = ""
+        self._apply_runtime(p)
         self.worker = QueryWorker(p.queue_size, on_error=self._log_finish_error)
         self._restart_diagnostics(p.diagnostics_period_s)
         cams = ", ".join(f"{c.label} ({c.settings.image_transport}{', depth' if c.lifter else ''})"
@@ -365,7 +373,12 @@ class GromaNode(LifecycleNode):
         return None
 
     def _apply_runtime(self, p: NodeParams) -> None:
-        """Parameters that change while configured take effect at once (each camera's lifter reads them)."""
+        """Parameters that change while configured take effect at once (the lifters and the conversation store
+        read them on their next use)."""
+        if self.engine is not None:
+            store = self.engine.conversations
+            store.max_turns, store.max_tokens = p.conversation_max_turns, p.conversation_max_tokens
+            store.idle_timeout_s, store.max_live = p.conversation_idle_timeout_s, p.conversation_max_live
         for camera in self.cameras.values():
             if camera.lifter is not None:
                 camera.lifter.max_stamp_diff_s = p.depth_max_stamp_diff_s
@@ -379,8 +392,24 @@ class GromaNode(LifecycleNode):
 
     def _on_query(self, msg: String, camera: str) -> None:
         lift = any(c.lifter is not None for c in self.cameras.values())
-        request = Request(self._next_query_id(), msg.data, int(Task.AUTO), camera=camera, lift_3d=lift)
+        request = Request(self._next_query_id(), msg.data, int(Task.AUTO), camera=camera, lift_3d=lift,
+                          conversation_id=self._topic_conversation(camera))
         self.submit_request(request, lambda answer: None)
+
+    def _topic_conversation(self, camera: str) -> str:
+        """With ``query_follows_conversation_s`` > 0, Strings on one query topic form conversations: one within
+        that many seconds of the previous continues it, a later one starts a new one (a new id)."""
+        p = self.params
+        if p is None or p.query_follows_conversation_s <= 0 or self.engine is None:
+            return ""
+        now = time.monotonic()
+        current = self._talks.get(camera)
+        # "unknown": its first turn may still wait in the queue; any other non-live state means it ended
+        if (current is None or now - current[1] > p.query_follows_conversation_s
+                or self.engine.conversations.state(current[0]).status not in ("live", "unknown")):
+            current = (f"{self.get_name()}/{camera or 'query'}/{next(self._talk_ids)}", now)
+        self._talks[camera] = (current[0], now)
+        return current[0]
 
     def _complete_goals(self) -> None:
         """Guard-condition callback (executor thread): hand answers from the worker to their goal coroutines."""
@@ -431,7 +460,7 @@ class GromaNode(LifecycleNode):
         except Rejected as rejected:
             answer = messages.error_answer_msg(request.query_id, request.query, request.task, rejected.status,
                                                rejected.reason, self._model_id(), rejected.header,
-                                               camera=rejected.camera)
+                                               camera=rejected.camera, conversation_id=request.conversation_id)
             if rejected.status == Status.BUSY:
                 with self._stats_lock:
                     self._stats["busy"] += 1
@@ -459,7 +488,7 @@ class GromaNode(LifecycleNode):
             answer = messages.error_answer_msg(
                 request.query_id, request.query, request.task, Status.BUSY,
                 f"{depth} queries are waiting (queue_size={capacity}); try again later", self._model_id(),
-                targets[0].frame.msg.header, camera=targets[0].camera.name)
+                targets[0].header, camera=targets[0].camera.name, conversation_id=request.conversation_id)
             self._publish_answer(answer)
             on_answer(answer)
 
@@ -472,6 +501,10 @@ class GromaNode(LifecycleNode):
             label = self._state_machine.current_state[1]
             reason = f"; last configure failed: {self._model_error}" if self._model_error else ""
             raise Rejected(Status.MODEL_ERROR, f"node is not active (state: {label}){reason}", camera=request.camera)
+        if request.conversation_id:
+            pinned = self._conversation_target(request)
+            if pinned is not None:
+                return [pinned]
         if request.camera == ALL_CAMERAS:
             if request.image_stamp_ns:
                 raise Rejected(Status.BAD_REQUEST, "camera '*' answers on each camera's newest frame; "
@@ -510,10 +543,31 @@ class GromaNode(LifecycleNode):
         topics = ", ".join(self.resolve_topic_name(c.image_topic) for c in cameras)
         raise Rejected(Status.NO_IMAGE, f"no image received yet on {topics}", camera=request.camera)
 
+    def _conversation_target(self, request: Request) -> Target | None:
+        """A live conversation answers on its pinned frame; an ended (or, to continue, unknown) id is refused;
+        None for a new id, which starts on the newest frame of the request's camera."""
+        if request.camera == ALL_CAMERAS:
+            raise Rejected(Status.BAD_REQUEST, "a conversation is about one camera's frame: give a camera, not '*'")
+        store = self.engine.conversations
+        conv = store.get(request.conversation_id)
+        if conv is not None and "camera" in conv.meta:
+            camera = self.cameras.get(conv.meta["camera"])
+            if camera is None:  # the node was reconfigured without that camera
+                raise Rejected(Status.NO_CONVERSATION, f"conversation {request.conversation_id!r} is about camera "
+                                                       f"{conv.meta['camera']!r}, which this node no longer has")
+            if request.camera and request.camera != camera.name:
+                raise Rejected(Status.BAD_REQUEST, f"conversation {request.conversation_id!r} is about "
+                                                   f"{camera.label}, not camera {request.camera!r}")
+            return Target(camera, None, conv.meta["header"])
+        state = store.state(request.conversation_id)
+        if conv is None and (state.status != "unknown" or request.continue_conversation):
+            raise Rejected(Status.NO_CONVERSATION, state.message, camera=request.camera)
+        return None
+
     # ------------------------------------------------------------------ the worker's part
     def _run(self, job: Job, request: Request, targets: list[Target]) -> Outcome:
         if job.should_stop():
-            return Outcome(None, targets[0].frame.msg.header, targets[0].camera.name, aborted_before_start=True)
+            return Outcome(None, targets[0].header, targets[0].camera.name, aborted_before_start=True)
         engine, p = self.engine, self.params
         if engine is None or p is None:
             raise _Aborted("model released")
@@ -533,10 +587,9 @@ class GromaNode(LifecycleNode):
         return best
 
     def _run_on(self, job: Job, request: Request, target: Target, engine: Any, p: NodeParams) -> Outcome:
-        header = target.frame.msg.header
         if request.on_progress:
             request.on_progress(Ground.Feedback.STAGE_PERCEIVING, "")
-        rgb = self._decoded_frame(target)
+        rgb = self._decoded_frame(target) if target.frame is not None else None
         partial = StreamParser()  # feedback shows the answer as users read it: phrases, no tags
 
         def on_token(piece: str) -> None:
@@ -545,11 +598,21 @@ class GromaNode(LifecycleNode):
                 request.on_progress(Ground.Feedback.STAGE_GENERATING, partial.snapshot().text)
 
         score = request.score_threshold or p.score_threshold or None
-        answer = engine.ask(rgb, request.query, task=Task(request.task), boxes=request.boxes,
-                            frame_id=(target.camera.name, target.frame.seq),
+        frame_id = (target.camera.name, target.frame.seq) if target.frame is not None else None
+        answer = engine.ask(rgb, request.query, task=Task(request.task), boxes=request.boxes, frame_id=frame_id,
                             max_new_tokens=request.max_new_tokens or p.max_new_tokens or None,
-                            score_threshold=score, on_token=on_token, should_cancel=job.should_stop)
-        return Outcome(answer, header, target.camera.name, rgb=rgb)
+                            score_threshold=score, on_token=on_token, should_cancel=job.should_stop,
+                            conversation_id=request.conversation_id or None,
+                            continue_only=request.continue_conversation)
+        header, camera = target.header, target.camera.name
+        if request.conversation_id:
+            # the conversation's first turn pins this frame; later turns (even ones queued as "new") answer on it
+            conv = engine.conversations.get(request.conversation_id)
+            if conv is not None:
+                conv.meta.setdefault("camera", camera)
+                conv.meta.setdefault("header", header)
+                header, camera = conv.meta["header"], conv.meta["camera"]
+        return Outcome(answer, header, camera, rgb=rgb)
 
     def _decoded_frame(self, target: Target) -> Any:
         """RGB of a frame; follow-up queries on the same frame reuse the last decode (worker thread only)."""
@@ -569,7 +632,7 @@ class GromaNode(LifecycleNode):
     def _answer_from(self, request: Request, target: Target, outcome: Outcome | None,
                      error: BaseException | None) -> GroundedAnswer:
         model_id = self._model_id()
-        header, camera = target.frame.msg.header, target.camera.name
+        header, camera = target.header, target.camera.name
         if error is not None:
             status, text = _status_of(error)
             if status == Status.MODEL_ERROR:
@@ -578,12 +641,12 @@ class GromaNode(LifecycleNode):
             with self._stats_lock:
                 self._stats["errors"] += 1
             return messages.error_answer_msg(request.query_id, request.query, request.task, status, text,
-                                             model_id, header, camera=camera)
+                                             model_id, header, camera=camera, conversation_id=request.conversation_id)
         assert outcome is not None
         if outcome.aborted_before_start or outcome.answer is None:
             return messages.error_answer_msg(request.query_id, request.query, request.task, Status.CANCELED,
                                              "canceled before it started", model_id, outcome.header,
-                                             camera=outcome.camera)
+                                             camera=outcome.camera, conversation_id=request.conversation_id)
         answer = outcome.answer
         status = Status.CANCELED if answer.canceled else Status.OK
         points = outcome.lifted.points if outcome.lifted is not None else None
@@ -678,6 +741,10 @@ def _status_of(error: BaseException) -> tuple[Status, str]:
     """Map a failed job's exception to the answer status users see."""
     if isinstance(error, _Aborted):
         return Status.CANCELED, str(error)
+    from groma_ros.engine.conversations import ConversationNotFoundError  # the engine is loaded by now
+
+    if isinstance(error, ConversationNotFoundError):
+        return Status.NO_CONVERSATION, str(error)
     if isinstance(error, ImageConversionError):
         return Status.NO_IMAGE, f"the frame could not be decoded: {error}"
     if isinstance(error, ValueError):  # the engine's BadRequestError and other input problems

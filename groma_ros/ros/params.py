@@ -48,6 +48,17 @@ SPECS: tuple[ParamSpec, ...] = (
               min=0.0, max=1.0, read_only=False),
     ParamSpec("max_new_tokens", 0, "Cap on generated tokens; 0 = the task's default.", min=0, max=4096,
               read_only=False),
+    ParamSpec("conversation.max_turns", 16, "Turns a conversation keeps in context; older ones are dropped.",
+              min=1, max=1000, read_only=False),
+    ParamSpec("conversation.max_tokens", 1024, "Tokens of turns a conversation keeps (messages + answers after the "
+              "frame prefix); older turns are dropped to fit.", min=16, max=100000, read_only=False),
+    ParamSpec("conversation.idle_timeout_s", 300.0, "A conversation idle this long ends (its id then answers "
+              "NO_CONVERSATION).", min=1.0, max=86400.0, read_only=False),
+    ParamSpec("conversation.max_live", 8, "Live conversations at once; starting one more ends the least recently "
+              "used.", min=1, max=1000, read_only=False),
+    ParamSpec("query_follows_conversation_s", 0.0, "When > 0, a `~/query` (or `~/<camera>/query`) String within this "
+              "many seconds of the previous one on that topic continues its conversation; 0 = every String is a "
+              "single question.", min=0.0, max=86400.0, read_only=False),
     ParamSpec("use_depth", False, "Subscribe to `depth/image` + `depth/camera_info` and publish 3-D detections."),
     ParamSpec("depth_max_stamp_diff_s", 0.1, "Largest |depth stamp - image stamp| for a depth frame to be used.",
               min=0.0, max=10.0, read_only=False),
@@ -109,6 +120,11 @@ class NodeParams:
     queue_size: int
     score_threshold: float
     max_new_tokens: int
+    conversation_max_turns: int
+    conversation_max_tokens: int
+    conversation_idle_timeout_s: float
+    conversation_max_live: int
+    query_follows_conversation_s: float
     use_depth: bool
     depth_max_stamp_diff_s: float
     depth_max_m: float

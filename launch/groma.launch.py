@@ -1,9 +1,9 @@
-"""Launch one Groma node (real ROS 2 installs: `ros2 launch groma_ros groma.launch.py`).
+"""Launch one Groma node: `ros2 launch groma_ros groma.launch.py image_topic:=/camera/color/image_raw`.
 
 Parameters come from `params_file` (default: the package's config/groma.yaml). A launch argument that sets a
-parameter (model_path, device, image_transport, use_depth, target_frame, autostart, cameras) overrides the file
-only when it is given: `params_file:=robot.yaml` with `model.path: /models/groma-7b` in it runs that model, and
-`model_path:=/models/other` on top of it runs the other one.
+parameter (model_path, device, image_transport, use_depth, target_frame, use_sim_time, autostart, cameras)
+overrides the file only when it is given: `params_file:=robot.yaml` with `model.path: /models/groma-7b` in it runs
+that model, and `model_path:=/models/other` on top of it runs the other one.
 
 With autostart:=false the launch file drives the lifecycle itself (configure, then activate once configured), so
 no external lifecycle manager is needed. Leave autostart out and set `autostart: false` in the params file to
@@ -36,6 +36,7 @@ ARGUMENTS = [
     ("image_transport", "raw", "Parameter image_transport: raw or compressed."),
     ("use_depth", "false", "Parameter use_depth: lift detections to 3-D with depth."),
     ("target_frame", "", "Parameter target_frame: frame for 3-D outputs (needs tf2_ros); empty = camera frame."),
+    ("use_sim_time", "false", "Parameter use_sim_time: the node's clock follows /clock (bag replay, simulators)."),
     ("autostart", "true", "Parameter autostart: the node configures+activates itself; false = this launch file "
                           "drives configure -> activate."),
     ("cameras", "[]", "Parameter cameras: YAML list of camera names, e.g. [front, wrist]; [] = one unnamed camera."),
@@ -48,6 +49,7 @@ PARAMETER_ARGUMENTS = {
     "image_transport": ("image_transport", "str"),
     "use_depth": ("use_depth", "bool"),
     "target_frame": ("target_frame", "str"),
+    "use_sim_time": ("use_sim_time", "bool"),
     "autostart": ("autostart", "bool"),
     "cameras": ("cameras", "yaml"),  # a YAML list, parsed by launch_ros
 }

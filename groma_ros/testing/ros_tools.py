@@ -57,7 +57,9 @@ def package_prefix(prefix: Path, python: str = sys.executable) -> Path:
     """Write an ament prefix that installs this checkout as package groma_ros; returns ``prefix``.
 
     share/groma_ros/{launch,config}/* and package.xml link to the checkout's files (files, not folders: ros2launch
-    does not follow linked folders), lib/groma_ros/groma_node starts the checkout's node with ``python``.
+    does not follow linked folders), share/groma_ros/{msg,action}/* to the interface definitions that the
+    interfaces' build installed (``ros2 interface show`` reads them from the package's share folder), and
+    lib/groma_ros/groma_node starts the checkout's node with ``python``.
     Put ``prefix`` first on AMENT_PREFIX_PATH (see :func:`ros_tool_env`).
     """
     index = prefix / "share" / "ament_index" / "resource_index" / "packages"
@@ -70,6 +72,13 @@ def package_prefix(prefix: Path, python: str = sys.executable) -> Path:
             link = share / folder / source.name
             link.unlink(missing_ok=True)
             link.symlink_to(source)
+    built = _installed_interfaces_share()
+    for folder in ("msg", "action"):
+        (share / folder).mkdir(parents=True, exist_ok=True)
+        for source in sorted((built / folder).glob("*")) if built is not None else []:
+            link = share / folder / source.name
+            link.unlink(missing_ok=True)
+            link.symlink_to(source)
     (share / "package.xml").unlink(missing_ok=True)
     (share / "package.xml").symlink_to(ROOT / "package.xml")
     executable = prefix / "lib" / "groma_ros" / "groma_node"
@@ -77,6 +86,15 @@ def package_prefix(prefix: Path, python: str = sys.executable) -> Path:
     executable.write_text(f"#!{python}\nimport sys\n\nfrom groma_ros.ros.node import main\n\nsys.exit(main())\n")
     executable.chmod(0o755)
     return prefix
+
+
+def _installed_interfaces_share() -> Path | None:
+    """share/groma_ros of the first prefix on AMENT_PREFIX_PATH that holds our built interface definitions."""
+    for entry in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        share = Path(entry) / "share" / "groma_ros"
+        if entry and (share / "msg" / "GroundedAnswer.idl").is_file():
+            return share
+    return None
 
 
 def ros_tool_env(prefix: Path | None = None, **extra: str) -> dict[str, str]:

@@ -74,7 +74,9 @@ def params_file(tmp_path, models) -> Path:
 @contextlib.contextmanager
 def launched(env: dict[str, str], log: Path, launch_file: str, *arguments: str) -> Iterator:
     """``ros2 launch groma_ros LAUNCH_FILE ARGS`` for the duration of the block; Ctrl-C (as a terminal) after it."""
-    proc = start_in_shell_group(["ros2", "launch", "groma_ros", launch_file, *arguments], log, env)
+    # TMPDIR: launch_ros writes the parameter files it generates there and leaves them behind
+    proc = start_in_shell_group(["ros2", "launch", "groma_ros", launch_file, *arguments], log,
+                                dict(env, TMPDIR=str(log.parent)))
     try:
         yield proc
     finally:

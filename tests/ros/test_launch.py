@@ -186,7 +186,8 @@ class _ParamsFileLoader(yaml.SafeLoader):
     """launch_ros writes list parameters with a ``!!python/tuple`` tag, which rcl reads as a plain list."""
 
 
-_ParamsFileLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+_ParamsFileLoader.add_constructor("tag:yaml.org,2002:python/tuple",
+                                  lambda loader, node: loader.construct_sequence(node))
 
 
 def _ros_parameters(path: Path) -> list[dict]:

@@ -144,4 +144,4 @@ from groma_ros.action import Ground
 import groma_ros.engine.types, rclpy, torch
 print('  smoke test ok: groma_ros.msg, groma_ros.action, groma_ros.engine, rclpy, torch', torch.__version__)
 "
-say "done; venv size $(du -sh "$VENV" | cut -f1). Activate with: source .venv/bin/activate"
+say "done; venv size $(du -sh "$VENV/" | cut -f1). Activate with: source .venv/bin/activate"

@@ -1,4 +1,4 @@
-# groma_ros environment, appended to .venv/bin/activate by scripts/setup.sh (@VENV@ = the venv's path).
+# groma_ros environment, appended to .venv/bin/activate by scripts/setup.sh (with the venv's path filled in).
 # ROS 2 comes from the venv's wheels. DDS settings (ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE, ROS_STATIC_PEERS)
 # stay as the shell has them: the node must see the robot's cameras on the robot's domain and network. The tests,
 # `make demo` and CI choose their own private domain on loopback.

@@ -248,13 +248,22 @@ def test_readme_tour_against_a_running_node(tmp_path):
         camera.start()
         assert peer.spin_until(lambda: peer.matched() and peer.node.count_subscribers("/camera/color/image_raw") > 0,
                                START_TIMEOUT), (tmp_path / "launch.log").read_text()[-4000:]
+        # A user's shell has met the node before the first command: the ros2 daemon has discovered it.
+        ros2(["daemon", "start"], env)
+        listed = ""
+        for _ in range(60):
+            listed = ros2(["node", "list"], env, check=False).stdout
+            if "/groma\n" in listed:
+                break
+            time.sleep(0.5)
+        assert "/groma\n" in listed, f"the ros2 daemon does not list /groma: {listed!r}"
         tour = Tour(env, shell, peer, camera)
         for line in TOUR:
             tour.run(line)
         first_dump = (shell / "groma_params.yaml").read_text()
 
         # The dump is a params file: a node started from it has the same parameters (score_threshold 0.3 included).
-        interrupt(launch, whole_group=True)
+        interrupt(launch)  # ros2 launch passes SIGINT on to the node
         reloaded = start_in_shell_group(["groma_node", "--ros-args", "--params-file", "groma_params.yaml"],
                                         tmp_path / "reloaded.log", env, cwd=shell)
         assert peer.spin_until(peer.get_state.service_is_ready, START_TIMEOUT), (tmp_path / "reloaded.log").read_text()
@@ -268,9 +277,9 @@ def test_readme_tour_against_a_running_node(tmp_path):
         assert yaml.safe_load(again.stdout) == yaml.safe_load(first_dump), again.stdout
     finally:
         camera.stopped.set()
-        interrupt(launch, whole_group=True)
+        interrupt(launch)
         if reloaded is not None:
-            interrupt(reloaded, whole_group=True)
+            interrupt(reloaded)
         stop_daemon(env)
         peer.close()
         rclpy.shutdown()

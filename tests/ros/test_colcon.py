@@ -107,4 +107,5 @@ def test_installed_node_answers_a_query(workspace, model_dir, ros_context, tmp_p
         assert len(nodes) == 1 and executable in nodes[0], nodes
     finally:
         peer.close()
-        interrupt(proc, whole_group=True)
+        # Ctrl-C: `ros2 run` leaves it to the terminal to signal the node too; `ros2 launch` passes it on
+        interrupt(proc, whole_group="ros2 run" in start)

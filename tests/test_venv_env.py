@@ -83,4 +83,8 @@ def test_missing_ros_tools_are_named_in_the_skip_reason(monkeypatch):
     assert ros_tools.skip_reason("present") == ""
     reason = ros_tools.skip_reason("imaginary", "present")
     assert reason.startswith("needs imaginary, present: missing `no-such-ros2-command` on PATH, Python module "
-                             "no_such_module; install them with `bash shared/ros_tools/install.sh .venv`"), reason
+                             "no_such_module; ros2 tools: `bash shared/ros_tools/install.sh .venv`"), reason
+    monkeypatch.setitem(ros_tools.TOOL_REQUIREMENTS, "colcon", (("no-such-colcon",), ()))
+    assert ros_tools.skip_reason("colcon", "present") == (
+        "needs colcon, present: missing `no-such-colcon` on PATH; colcon: `pip install -r requirements/dev.txt` "
+        "(scripts/setup.sh does)")

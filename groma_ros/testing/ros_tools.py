@@ -33,8 +33,9 @@ TOOL_REQUIREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ros2 interface": (("ros2",), ("ros2interface",)),
     "colcon": (("colcon", "cmake"), ("colcon_core", "colcon_ros", "colcon_cmake")),
 }
-INSTALL_HINT = ("install them with `bash shared/ros_tools/install.sh .venv` (scripts/setup.sh does when shared/ "
-                "lies in or beside the checkout), or source a ROS 2 Jazzy install")
+ROS2_HINT = ("ros2 tools: `bash shared/ros_tools/install.sh .venv` (scripts/setup.sh runs it when shared/ lies in or "
+             "beside the checkout), or source a ROS 2 Jazzy install")
+COLCON_HINT = "colcon: `pip install -r requirements/dev.txt` (scripts/setup.sh does)"
 
 
 def missing_tools(*tools: str) -> list[str]:
@@ -48,9 +49,12 @@ def missing_tools(*tools: str) -> list[str]:
 
 
 def skip_reason(*tools: str) -> str:
-    """A pytest skip reason naming what is missing, or "" when everything is there."""
-    missing = missing_tools(*tools)
-    return f"needs {', '.join(tools)}: missing {', '.join(missing)}; {INSTALL_HINT}" if missing else ""
+    """A pytest skip reason naming what is missing and how to get it, or "" when everything is there."""
+    lacking = [tool for tool in tools if missing_tools(tool)]
+    if not lacking:
+        return ""
+    hints = dict.fromkeys(COLCON_HINT if tool == "colcon" else ROS2_HINT for tool in lacking)
+    return f"needs {', '.join(tools)}: missing {', '.join(missing_tools(*lacking))}; {'; '.join(hints)}"
 
 
 def package_prefix(prefix: Path, python: str = sys.executable) -> Path:

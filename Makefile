@@ -2,9 +2,11 @@
 SHELL := /bin/bash
 VENV := .venv
 ACT := source $(VENV)/bin/activate &&
-# DDS stays on this machine; each run may pick its own domain (ROS_DOMAIN_ID=NN make ...).
+# DDS stays on this machine, in a domain of the targets' own (GROMA_ROS_DOMAIN_ID=NN make demo), whatever the
+# shell's ROS_DOMAIN_ID: the demo's camera must never reach a robot. Each test run claims its own domain.
+GROMA_ROS_DOMAIN_ID ?= 42
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
-export ROS_DOMAIN_ID ?= 42
+export ROS_DOMAIN_ID := $(GROMA_ROS_DOMAIN_ID)
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test lint bench clean

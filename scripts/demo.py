@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+# DDS never leaves this machine. The domain is the caller's (`make demo` passes its private GROMA_ROS_DOMAIN_ID,
+# the tests their own claimed one), else 42.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", "42")
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything from nothing: .venv with pinned ROS 2 Jazzy wheels + torch/transformers,
 # our interfaces built with rosidl and installed into the venv, the library installed editable.
-# Idempotent: each step is skipped when its inputs did not change. Writes only inside the repo.
+# Idempotent: each step is skipped when its inputs did not change. Writes only inside the repo (and, for the
+# ROS 2 tools of shared/ros_tools, a build folder under ${TMPDIR:-/tmp}).
 #   bash scripts/setup.sh          # then: source .venv/bin/activate
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,7 @@ if ! stamp_ok pip "$req_hash"; then
   fi
   "$VPY" -c "import rclpy, torch, transformers, cv2, sentencepiece, scipy" \
     || { echo "setup: dependency install failed" >&2; exit 1; }
-  rm -f "$STAMPS/fix" "$STAMPS/build"
+  rm -f "$STAMPS/fix" "$STAMPS/build" "$STAMPS/rostools"
   stamp_set pip "$req_hash"
 fi
 
@@ -88,26 +89,59 @@ if ! "$VPY" -m pip show -q groma >/dev/null 2>&1; then
     || { tail -20 build/pip-editable.log; echo "setup: editable install failed" >&2; exit 1; }
 fi
 
-# 6. One activation file: the venv's own, extended with the ROS environment we need.
-if ! grep -q "groma_ros environment" "$VENV/bin/activate"; then
-  cat >>"$VENV/bin/activate" <<ACT
-
-# --- groma_ros environment (added by scripts/setup.sh) ---
-export AMENT_PREFIX_PATH="$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
-export RMW_IMPLEMENTATION=\${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}
-# Keep DDS discovery on this machine unless the user chose otherwise.
-export ROS_AUTOMATIC_DISCOVERY_RANGE=\${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
-export ROS_DOMAIN_ID=\${ROS_DOMAIN_ID:-42}
-# Never reach a model hub: weights come from local directories.
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-ACT
+# 6. The ROS 2 launch system and `ros2` CLI (launch, launch_ros, ros2cli + verbs): on no registry we reach, so
+#    they come as upstream wheels in shared/ros_tools, which CI lays out inside the checkout or beside it
+#    (GROMA_ROS_TOOLS names another folder). Without it the tests that need the tools skip, naming what is missing.
+ros_tools=${GROMA_ROS_TOOLS:-}
+if [ -z "$ros_tools" ]; then
+  for candidate in "$ROOT/shared/ros_tools" "$ROOT/../shared/ros_tools"; do
+    if [ -f "$candidate/install.sh" ]; then ros_tools=$(cd "$candidate" && pwd); break; fi
+  done
+fi
+if [ -n "$ros_tools" ]; then
+  tools_hash=$( (echo "$req_hash"; cd "$ros_tools" && ls wheels src 2>/dev/null; cat install.sh) | sha256sum | cut -c1-16)
+  if ! stamp_ok rostools "$tools_hash" || [ ! -x "$VENV/bin/ros2" ]; then
+    say "installing the ROS 2 launch + ros2 CLI tools from $ros_tools"
+    mkdir -p build
+    bash "$ros_tools/install.sh" "$VENV" >build/ros_tools.log 2>&1 \
+      || { tail -20 build/ros_tools.log; echo "setup: installing $ros_tools failed (log: build/ros_tools.log)" >&2; exit 1; }
+    stamp_set rostools "$tools_hash"
+  fi
+elif "$VPY" -c "import launch_ros, ros2cli" 2>/dev/null && command -v ros2 >/dev/null; then
+  say "ROS 2 launch + ros2 CLI: using the ones already installed ($(command -v ros2))"
+else
+  say "no shared/ros_tools in or beside the checkout: tests of ros2 launch / the ros2 CLI will skip"
 fi
 
-# 7. Smoke test: generated messages, the library and rclpy import together.
+# 7. The venv as an installed ROS package: `ros2 run groma_ros groma_node` and `ros2 launch groma_ros ...`.
+#    The interfaces' build (step 4) installs share/groma_ros but not the node (the library is the editable
+#    checkout); launch files and config are copied from the checkout on every run.
+mkdir -p "$VENV/lib/groma_ros" "$VENV/share/groma_ros/launch" "$VENV/share/groma_ros/config"
+printf '#!%s\nimport sys\n\nfrom groma_ros.ros.node import main\n\nsys.exit(main())\n' "$VPY" \
+  >"$VENV/lib/groma_ros/groma_node"
+chmod +x "$VENV/lib/groma_ros/groma_node"
+cp launch/*.launch.py "$VENV/share/groma_ros/launch/"
+cp config/*.yaml "$VENV/share/groma_ros/config/"
+
+# 8. One activation file: the venv's own, extended with the ROS environment (scripts/venv_env.sh). It leaves
+#    ROS_DOMAIN_ID and the discovery range alone. Replaces the block an earlier set-up wrote.
+"$VPY" - "$VENV/bin/activate" "$(sed "s|@VENV@|$VENV|g" scripts/venv_env.sh)" <<'PYACT'
+import pathlib, sys
+path, block = pathlib.Path(sys.argv[1]), sys.argv[2].strip("\n")
+begin, end = "# --- groma_ros environment (added by scripts/setup.sh) ---", "# --- end of groma_ros environment ---"
+text = path.read_text()
+head, found, rest = text.partition(begin)
+tail = rest.partition(end)[2] if found and end in rest else ""  # a block without an end marker ran to the file's end
+new = f"{head.rstrip()}\n\n{begin}\n{block}\n{end}\n{tail.lstrip()}"
+if new != text:
+    path.write_text(new)
+PYACT
+
+# 9. Smoke test: generated messages, the library and rclpy import together.
 "$VPY" -c "
 from groma_ros.msg import GroundedAnswer
 from groma_ros.action import Ground
 import groma_ros.engine.types, rclpy, torch
 print('  smoke test ok: groma_ros.msg, groma_ros.action, groma_ros.engine, rclpy, torch', torch.__version__)
 "
-say "done; venv size $(du -sh "$VENV" | cut -f1). Activate with: source .venv/bin/activate"
+say "done; venv size $(du -sh "$VENV/" | cut -f1). Activate with: source .venv/bin/activate"

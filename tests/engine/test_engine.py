@@ -304,7 +304,7 @@ def test_cached_prefix_reproduces_original_generation(tmp_path, monkeypatch):
     from groma_ros.testing.checkpoints import fixture_state_dict
 
     repo = Path(__file__).resolve().parents[2]
-    fixture = Path(os.environ.get("GROMA_PARITY_DIR", repo.parent / "shared" / "groma_parity"))
+    fixture = Path(os.environ.get("GROMA_PARITY_DIR", repo / "tests" / "data" / "groma_parity"))
     if not (fixture / "expected.npz").is_file():
         pytest.skip("parity fixture not available")
     expected = dict(np.load(fixture / "expected.npz"))

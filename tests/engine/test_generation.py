@@ -17,7 +17,7 @@ from groma_ros.engine.perception import FrameCache, Perception, PrefixState, cli
 from groma_ros.engine.preprocess import ImageError, check_image, preprocess
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO.parent / "shared" / "groma_parity"))
+FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO / "tests" / "data" / "groma_parity"))
 V, EOS = 10, 2
 
 

@@ -8,7 +8,7 @@ import pytest
 from groma_ros.tools.parity import run_parity
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO.parent / "shared" / "groma_parity"))
+FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO / "tests" / "data" / "groma_parity"))
 
 
 def test_parity_with_original(tmp_path):

@@ -20,6 +20,7 @@ import gc
 import itertools
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -793,6 +794,9 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C under `ros2 launch` reaches the node twice (the terminal's and launch's own SIGINT): the second
+        # must not interrupt the clean shutdown below; launch escalates to SIGTERM/SIGKILL if it ever hangs.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             node.trigger_shutdown()  # from any state: answers pending queries CANCELED, frees the model
         except Exception:  # noqa: BLE001 - best effort on the way out (the context may be gone already)

@@ -183,13 +183,17 @@ class Peer:
         return msg.header
 
     def ask(self, text: str, timeout: float = 60.0) -> Any:
-        """Publish on ~/query and return the next answer (the caller checks it is the only one)."""
+        """Publish on ~/query and return the first answer to this text (the caller checks it is the only one)."""
         from std_msgs.msg import String
 
         before = len(self.received)
         self.query.publish(String(data=text))
-        assert self.spin_until(lambda: len(self.received) > before, timeout), f"no answer to {text!r}"
-        return self.received[before][1]
+
+        def answer() -> Any:  # the first answer to this text (answers to goals arrive on ~/answer too)
+            return next((a for _, a in self.received[before:] if a.query == text), None)
+
+        assert self.spin_until(lambda: answer() is not None, timeout), f"no answer to {text!r}"
+        return answer()
 
     def send_goal(self, goal: Any, feedback: list | None = None) -> Any:
         assert self.action.wait_for_server(timeout_sec=20)

@@ -31,7 +31,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from groma_ros.ros.params import SPEC_BY_NAME  # noqa: E402
 from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
 from groma_ros.testing.node_harness import Peer, scene_image  # noqa: E402
 
@@ -208,8 +207,6 @@ def test_two_cameras_launch_starts_one_node_with_both_cameras(env, ros_context, 
         assert ["front", "wrist"] in cameras, (files, cameras)
 
 
-@pytest.mark.xfail("cameras" not in SPEC_BY_NAME, run=False, strict=True,
-                   reason="waits for the node's `cameras` parameter (one node, several cameras)")
 def test_two_cameras_answer_from_each_camera(env, ros_context, tmp_path, params_file):
     """~/query answers on the default (first) camera, front/query and wrist/query on theirs; each answer's header
     is the header of the frame from that camera."""

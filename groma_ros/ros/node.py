@@ -730,6 +730,9 @@ class GromaNode(LifecycleNode):
             self.get_logger().warning(text)
 
     def _log_finish_error(self, job: Job, error: BaseException) -> None:
+        if not self.context.ok():  # Ctrl-C shut the context down under a running query: nothing can be sent
+            self._warn_once("shutdown", f"query {job.query_id} not answered: the node is shutting down")
+            return
         self.get_logger().error(f"answering query {job.query_id} failed: {type(error).__name__}: {error}\n"
                                 + "".join(traceback.format_exception(error)))
 

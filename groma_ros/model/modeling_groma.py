@@ -16,6 +16,7 @@ so every entry point takes an explicit ``order`` (or explicit region boxes) to r
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,20 +103,25 @@ class GromaForConditionalGeneration(nn.Module):
     def from_pretrained(
         cls,
         path: str | os.PathLike,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         device: str | torch.device = "cpu",
         quantization: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> GromaForConditionalGeneration:
         """Load a released (``pytorch_model.bin``, 4.32 names) or our (``model.safetensors``) checkpoint dir.
 
-        Sharded checkpoints (``*.index.json``) work too. Weights are cast to ``dtype`` (fp32/bf16/fp16) and
-        moved to ``device``; ``quantization`` "8bit"/"4bit" quantizes the LLM linears with bitsandbytes
-        (CUDA only).
-        Raises ``CheckpointError`` listing every missing/unexpected/mis-shaped key.
+        Sharded checkpoints (``*.index.json``) work too. Weights go tensor by tensor from the mapped files
+        into ``dtype`` (fp32/bf16/fp16) on ``device``, so peak memory is about the model in ``dtype``.
+        ``quantization`` None/"none", "int8" or "int4": weight-only quantization of the LLM decoder linears
+        (torchao; see ``quantization``). ``progress(nbytes)`` is called per tensor.
+        Raises ``CheckpointError`` listing every missing/unexpected/mis-shaped key,
+        ``CheckpointRefusedError`` for files that are more than plain tensors, ``CheckpointMemoryError``
+        when the weights do not fit.
         """
         from .checkpoint import load_pretrained
 
-        return load_pretrained(cls, Path(path), dtype=dtype, device=device, quantization=quantization)
+        return load_pretrained(cls, Path(path), dtype=dtype, device=device, quantization=quantization,
+                               progress=progress)
 
     def save_pretrained(self, path: str | os.PathLike, max_shard_bytes: int = 5 << 30) -> None:
         """Write ``config.json`` + safetensors (our naming, no alias keys; sharded with an index if large)."""

@@ -114,7 +114,8 @@ def _is_out_of_memory(err: BaseException) -> bool:
 def _refusal(path: Path, err: BaseException) -> CheckpointRefusedError:
     return CheckpointRefusedError(
         f"refusing to load {path}: it is not a plain tensor state dict loadable with weights_only=True "
-        f"(pickled code or objects are never executed). Details: {type(err).__name__}: {err}"
+        f"(pickled code or objects are never executed; bytes that are no pickle at all read the same way). "
+        f"Details: {type(err).__name__}: {err}"
     )
 
 
@@ -306,10 +307,10 @@ def _memory_error(directory: Path, dtype: torch.dtype, device: torch.device, nee
             free = f"; {_gib(int(avail.split()[1]) * 1024)} available on the host"
     except Exception:  # noqa: BLE001 - the numbers only decorate the message
         pass
+    smaller = "bfloat16/float16 or quantization int8/int4" if dtype == torch.float32 else "quantization int8/int4"
     return CheckpointMemoryError(
         f"out of memory loading {directory} as {str(dtype).removeprefix('torch.')} on {device}: the weights need "
-        f"about {_gib(need)}{free}. Use a smaller dtype (bfloat16/float16) or quantization (int8/int4), or free "
-        f"memory. Details: {type(err).__name__}: {err}"
+        f"about {_gib(need)}{free}. Free memory or load smaller ({smaller}). Details: {type(err).__name__}: {err}"
     )
 
 

@@ -136,3 +136,34 @@ def test_converter_streams_with_one_tensor_in_flight(released_fp32, tmp_path):
     assert sorted(written) == sorted(expected)
     for key, value in expected.items():
         assert torch.equal(written[key], value.to(torch.bfloat16)), key
+
+
+OOM_CHILD = r"""
+import os, resource, sys
+import torch
+torch.set_num_threads(1)
+from groma_ros.model import CheckpointError, CheckpointMemoryError, GromaForConditionalGeneration
+src = sys.argv[1]
+vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+size = os.path.getsize(os.path.join(src, "pytorch_model.bin"))
+limit = vm + size + size // 8  # room to map the file, not to hold its bf16 copy (size / 2)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    GromaForConditionalGeneration.from_pretrained(src, dtype=torch.bfloat16)
+    print("RESULT loaded")
+except CheckpointError as err:
+    kind = "memory" if isinstance(err, CheckpointMemoryError) else type(err).__name__
+    print("RESULT " + kind + " " + str(err).replace(chr(10), " "))
+"""
+
+
+def test_out_of_memory_is_reported_as_such_not_as_a_refusal(released_fp32):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", OOM_CHILD, str(released_fp32)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    kind, _, message = line.removeprefix("RESULT ").partition(" ")
+    assert kind == "memory", line
+    assert message.startswith(f"out of memory loading {released_fp32} as bfloat16 on cpu: the weights need about")
+    assert "refusing" not in message and "can't allocate memory" in message

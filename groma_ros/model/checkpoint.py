@@ -184,6 +184,17 @@ def read_checkpoint(directory: Path) -> CheckpointTensors:
     return out
 
 
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shape and values, NaN matching NaN (an alias of a NaN weight is still the same tensor)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    if not a.is_floating_point():
+        return False
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+
+
 def map_state_dict(
     raw: dict[str, torch.Tensor], expected: dict[str, torch.Size], allow_missing: tuple[str, ...] = ()
 ) -> dict[str, torch.Tensor]:
@@ -205,7 +216,7 @@ def map_state_dict(
     for key, ours in aliases:
         if ours not in mapped:
             mapped[ours] = raw[key]
-        elif mapped[ours].shape != raw[key].shape or not torch.equal(mapped[ours], raw[key]):
+        elif not _same_values(mapped[ours], raw[key]):
             problems.append(f"alias {key} differs from {ours} (they must be the same tensor)")
     missing = sorted(k for k in expected if k not in mapped and k not in allow_missing)
     unexpected = sorted(k for k in mapped if k not in expected)

@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 from transformers import DynamicCache, LlamaForCausalLM  # noqa: E402
 
 from .configuration_groma import GromaConfig  # noqa: E402
+from .errors import ModelOutputError  # noqa: E402
 from .ops import box_iou, cxcywh_to_xyxy, first_argmax, nms  # noqa: E402
 from .proposer import GromaPerceiver  # noqa: E402
 from .region_encoder import GromaRegionEncoder  # noqa: E402
@@ -80,6 +81,18 @@ class GreedyOutput:
     sequence: torch.Tensor  # prompt (after <refer_box> rewrite) + new tokens
     step_logits: torch.Tensor  # [n_new, V+N_new]
     prefill: GromaOutput = field(repr=False, default=None)
+
+
+def check_finite_proposals(boxes: torch.Tensor, scores: torch.Tensor) -> None:
+    """``ModelOutputError`` if any proposal score or box is NaN/inf (NMS and region indexing assume finite
+    values; a NaN score never passes the threshold and the fallback then indexes past the end)."""
+    bad_scores = int((~torch.isfinite(scores)).sum())
+    bad_boxes = int((~torch.isfinite(boxes)).any(-1).sum())
+    if bad_scores or bad_boxes:
+        raise ModelOutputError(
+            f"the region proposer produced non-finite values ({bad_scores} of {scores.numel()} scores, "
+            f"{bad_boxes} of {len(boxes)} boxes NaN/inf): the weights or this device/dtype's kernels are broken"
+        )
 
 
 class GromaForConditionalGeneration(nn.Module):
@@ -195,6 +208,7 @@ class GromaForConditionalGeneration(nn.Module):
         """
         cfg = self.config
         boxes, scores = proposal_boxes.float(), proposal_scores.float()
+        check_finite_proposals(boxes, scores)
         num_user = 0 if user_boxes is None else len(user_boxes)
         if num_user:
             user = user_boxes.to(boxes)

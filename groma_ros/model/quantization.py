@@ -5,7 +5,8 @@ proposer, region encoder, embeddings and heads stay in the load dtype. Activatio
 this saves memory and HBM traffic per decoded token, not arithmetic.
 
 - ``int8``: per-output-channel symmetric int8 (``Int8WeightOnlyConfig``), any device.
-- ``int4``: groups of 128 input channels (64/32 when the width is not a multiple) with a scale and zero point.
+- ``int4``: groups of 128 input channels (64/32 when the width is not a multiple) with a scale and zero point
+  (relative error of one linear's output on Gaussian weights: 10 %, against int8's 0.9 %).
   On CUDA the weights are packed 4-bit for the tinygemm kernel (``Int4WeightOnlyConfig``, packing
   ``tile_packed_to_4d``; needs bfloat16 and compute capability >= 8.0). On the CPU the same int4 values are
   stored one per byte (``IntxWeightOnlyConfig`` unpacked to int8; torchao 0.18 has no packed x86 weight-only
@@ -59,7 +60,13 @@ def _group_size(in_features: int) -> int | None:
 
 
 def _config(mode: str, weight: torch.Tensor):
-    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, IntxWeightOnlyConfig, PerGroup
+    from torchao.quantization import (
+        Int4WeightOnlyConfig,
+        Int8WeightOnlyConfig,
+        IntxWeightOnlyConfig,
+        MappingType,
+        PerGroup,
+    )
 
     if mode == "int8":
         return Int8WeightOnlyConfig(set_inductor_config=False)
@@ -69,7 +76,8 @@ def _config(mode: str, weight: torch.Tensor):
     if weight.device.type == "cuda":
         return Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d",
                                     set_inductor_config=False)
-    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group))
+    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group),
+                                mapping_type=MappingType.ASYMMETRIC)  # scale + zero point, as tinygemm
 
 
 @torch.no_grad()

@@ -202,8 +202,9 @@ class GromaEngine:
 
         ``num_threads`` sets torch's intra-op CPU threads (default min(4, cores) on CPU: more rarely helps
         at batch 1 and starves the ROS executor). ``decode``: see ``decoding`` (``static``/``compiled`` pay off on
-        a GPU). ``quantization``: None/"none", "int8" or "int4" weight-only LLM linears (torchao; int4 on a
-        GPU needs bfloat16). Raises ``ModelNotFoundError`` / ``ModelLoadError``.
+        a GPU; ``compiled`` on CUDA compiles perception too, see ``GromaForConditionalGeneration.compile_perception``).
+        ``quantization``: None/"none", "int8" or "int4" weight-only LLM linears (torchao; int4 on a GPU needs
+        bfloat16). Raises ``ModelNotFoundError`` / ``ModelLoadError``.
         """
         from groma_ros.model import GromaForConditionalGeneration
         from groma_ros.model.quantization import quantization_mode
@@ -228,6 +229,8 @@ class GromaEngine:
         except (OSError, RuntimeError) as err:
             raise ModelLoadError(f"could not load the model from {directory}: {type(err).__name__}: {err}") from err
         model.eval()
+        if decode == "compiled" and model.device.type == "cuda":
+            model.compile_perception(warm_up=False)  # image graph, region tokens, prefix prefill: CUDA graphs too
         return cls(model, tokenizer, model_id=directory.name, cache_frames=cache_frames, cache_bytes=cache_bytes,
                    interpolation=interpolation, decode=decode)
 

@@ -110,6 +110,7 @@ class GromaForConditionalGeneration(nn.Module):
         self.extra_lm_head = nn.Linear(h, config.num_new_token, bias=False)
         self.new_input_embs = nn.Embedding(config.num_new_token, h)
         self.token_ids = config.token_ids
+        self.compiled_perception = None  # set by compile_perception()
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -174,6 +175,8 @@ class GromaForConditionalGeneration(nn.Module):
                 f"pixel_values must be {self.config.image_size}x{self.config.image_size}, "
                 f"got {tuple(pixel_values.shape)}"
             )
+        if self.compiled_perception is not None and not output_intermediates:
+            return self.compiled_perception.encode_image(pixel_values.to(self.device, self.dtype))
         states = self.perceiver.vis_encoder.hidden_states_all(pixel_values.to(self.device))
         merged = self.merge_image_features(states[-1])
         image_tokens = self.img_txt_bridge(merged)
@@ -235,7 +238,36 @@ class GromaForConditionalGeneration(nn.Module):
     ) -> torch.Tensor:
         """Region tokens [K, H] for normalized cx,cy,w,h boxes of image ``batch_index`` of ``vision``."""
         maps = [m[batch_index : batch_index + 1] for m in vision.region_maps]
-        return self.region_encoder(maps, boxes_cxcywh.to(self.device))
+        boxes = boxes_cxcywh.to(self.device)
+        if self.compiled_perception is not None:
+            tokens = self.compiled_perception.encode_regions(maps, boxes)
+            if tokens is not None:
+                return tokens
+        return self.region_encoder(maps, boxes)
+
+    @torch.no_grad()
+    def prefill_prefix(self, inputs_embeds: torch.Tensor) -> DynamicCache:
+        """The LLM over a prompt prefix [1, T, H] into a fresh ``DynamicCache`` (what queries then fork)."""
+        if self.compiled_perception is not None:
+            cache = self.compiled_perception.prefill_prefix(inputs_embeds)
+            if cache is not None:
+                return cache
+        cache = DynamicCache(config=self.config.llm_cfg)
+        self.llm.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
+        return cache
+
+    def compile_perception(self, mode: str | None = "reduce-overhead", backend: str = "inductor",
+                           warm_up: bool = True) -> None:
+        """Run perception, region tokens and the prefix prefill as compiled static-shape graphs (one CUDA graph
+        each on a GPU; see ``compiled``). ``warm_up`` compiles the image graph and every region bucket now."""
+        from .compiled import CompiledPerception
+
+        self.compiled_perception = CompiledPerception(self, mode=mode, backend=backend)
+        if warm_up:
+            self.compiled_perception.warm_up()
+
+    def uncompile_perception(self) -> None:
+        self.compiled_perception = None
 
     # ------------------------------------------------------------------------------------------------- text
     def expand_input_ids(

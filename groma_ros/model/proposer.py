@@ -221,7 +221,12 @@ class GromaPerceiver(nn.Module):
 
     def propose(self, hidden_states: list[torch.Tensor], grid: int) -> tuple[ProposerOutput, torch.Tensor]:
         """Proposals from the mean of the last 4 hidden states (CLS dropped); also returns that mean."""
+        source, feats = self.proposer_source(hidden_states, grid)
+        return self.ddetr_transformer(source), feats
+
+    def proposer_source(self, hidden_states: list[torch.Tensor], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the projected [B, d, g, g] proposer input, the mean of the last 4 states it came from)."""
         feats = torch.stack(hidden_states[-4:]).mean(dim=0)[:, 1:]
         batch, _, dim = feats.shape
         source = self.input_proj[0](feats.reshape(batch, grid, grid, dim).permute(0, 3, 1, 2).contiguous())
-        return self.ddetr_transformer(source), feats
+        return source, feats

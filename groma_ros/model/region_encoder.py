@@ -172,13 +172,17 @@ class GromaRegionEncoder(nn.Module):
 
     def fuse(self, hidden_states: list[torch.Tensor], grid: int) -> list[torch.Tensor]:
         """Last three hidden states (CLS dropped) -> three fused maps of sizes 4g, 2g, g ([B, D, s, s])."""
+        return self.mlvl_fuse(self.fuse_inputs(hidden_states, grid), channels_last=self._fast())
+
+    def fuse_inputs(self, hidden_states: list[torch.Tensor], grid: int) -> list[torch.Tensor]:
+        """The three per-level maps ``mlvl_fuse`` starts from (the last states resized to 4g, 2g, g)."""
         maps = []
         for state, size in zip(hidden_states[-3:], self.level_sizes, strict=True):
             b, _, d = state.shape
             feat = state[:, 1:].reshape(b, grid, grid, d).permute(0, 3, 1, 2)
             feat = F.interpolate(feat.float(), size=(size, size), mode="bilinear", align_corners=True)
             maps.append(feat.to(state.dtype))
-        return self.mlvl_fuse(maps, channels_last=self._fast())
+        return maps
 
     def _fast(self) -> bool:
         if self.implementation not in ("fast", "reference"):

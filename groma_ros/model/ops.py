@@ -164,39 +164,59 @@ def roi_align(
 
 def roi_align_sampled(features: torch.Tensor, rois: torch.Tensor, output_size: int, spatial_scale: float,
                       sampling_ratio: int = 2) -> torch.Tensor:
-    """``roi_align`` through one ``grid_sample`` per image: 4-5x faster on a CPU, far fewer kernels on a GPU.
+    """``roi_align`` through ``grid_sample``: 4-5x faster on a CPU, far fewer kernels on a GPU (one level of
+    ``roi_align_levels``). Returns [K, C, s, s] float32 in channels-last memory."""
+    return roi_align_levels([features], rois, output_size, [spatial_scale], sampling_ratio)
 
-    Same sample positions; clamping the coordinates to [0, size - 1] and sampling with border padding is the
-    kernel's clamp rule, and the outside mask zeroes what it drops. Values differ from ``roi_align`` only by the
-    round trip through normalised coordinates (max 1e-5 on unit-scale features). Returns [K, C, s, s] float32.
+
+def roi_align_levels(features: list[torch.Tensor], rois: torch.Tensor, output_size: int,
+                     spatial_scales: list[float], sampling_ratio: int = 2) -> torch.Tensor:
+    """``roi_align`` of the same RoIs on several maps at once, their channels stacked: [K, sum(C), s, s].
+
+    Same sample positions as ``roi_align`` (computed for every level in one pass); clamping the coordinates to
+    [0, size - 1] and sampling with border padding is the kernel's clamp rule, and the outside mask zeroes what
+    it drops. Values differ from ``roi_align`` only by the round trip through normalised coordinates (max 1e-5
+    on unit-scale features). The ``sampling_ratio``² samples of a bin are the innermost axis of the sampling
+    grid, so their mean is a contiguous reduction. The result is float32 in channels-last memory (what the RoI
+    conv wants), and no intermediate depends on more than one image.
     """
     rois = rois.float()
-    batch_size, channels, height, width = features.shape
-    n = output_size * sampling_ratio
-    ys, xs = _sample_positions(rois, output_size, spatial_scale, sampling_ratio)
-    inside = ((ys >= -1.0) & (ys <= height))[:, :, None] & ((xs >= -1.0) & (xs <= width))[:, None, :]
-    gy = (2 * ys.clamp(0, height - 1) + 1) / height - 1  # align_corners=False normalisation (any size >= 1)
-    gx = (2 * xs.clamp(0, width - 1) + 1) / width - 1
-    k = len(rois)
-    grid = torch.stack([gx[:, None, :].expand(k, n, n), gy[:, :, None].expand(k, n, n)], dim=-1)
-    features = features.float()
+    device = rois.device
+    s, r, k, levels = output_size, sampling_ratio, len(rois), len(features)
+    scale = torch.tensor(spatial_scales, dtype=torch.float32, device=device)[:, None]  # [L, 1]
+    height = torch.tensor([f.shape[-2] for f in features], dtype=torch.float32, device=device)[:, None, None]
+    width = torch.tensor([f.shape[-1] for f in features], dtype=torch.float32, device=device)[:, None, None]
+    # the sample positions of _sample_positions, for every level at once (same arithmetic order)
+    start_w = rois[:, 1] * scale - 0.5
+    start_h = rois[:, 2] * scale - 0.5
+    bin_w = (rois[:, 3] * scale - 0.5 - start_w) / output_size
+    bin_h = (rois[:, 4] * scale - 0.5 - start_h) / output_size
+    p = torch.arange(output_size, device=device, dtype=torch.float32).repeat_interleave(sampling_ratio)
+    i = torch.arange(sampling_ratio, device=device, dtype=torch.float32).repeat(output_size)
+    ys = start_h[..., None] + p * bin_h[..., None] + (i + 0.5) * bin_h[..., None] / sampling_ratio  # [L, K, s*r]
+    xs = start_w[..., None] + p * bin_w[..., None] + (i + 0.5) * bin_w[..., None] / sampling_ratio
+    inside = (((ys >= -1.0) & (ys <= height)).view(levels, k, s, 1, r, 1)
+              & ((xs >= -1.0) & (xs <= width)).view(levels, k, 1, s, 1, r))
+    weight = inside.reshape(levels, k * s * s, r * r).float() / float(r * r)
+    gy = ((2 * torch.minimum(ys.clamp(min=0), height - 1) + 1) / height - 1).view(levels, k, s, 1, r, 1)
+    gx = ((2 * torch.minimum(xs.clamp(min=0), width - 1) + 1) / width - 1).view(levels, k, 1, s, 1, r)
+    shape = (levels, k, s, s, r, r)
+    grid = torch.stack([gx.expand(shape), gy.expand(shape)], dim=-1).reshape(levels, k * s * s, r * r, 2)
+    batch_size = features[0].shape[0]
+    if batch_size == 1:
+        pooled = torch.cat([(F.grid_sample(f.float(), grid[lvl, None], mode="bilinear", padding_mode="border",
+                                           align_corners=False)[0] * weight[lvl]).sum(-1)
+                            for lvl, f in enumerate(features)])  # [sum(C), K*s*s]
+        return pooled.t().contiguous().view(k, s, s, -1).permute(0, 3, 1, 2)
+    out = torch.empty(k, s, s, sum(f.shape[1] for f in features), device=device)
     batch = rois[:, 0].long()
-    out = features.new_empty(k, channels, output_size, output_size)
-    for b in range(batch_size) if batch_size > 1 else (0,):
-        rows = (batch == b).nonzero().flatten() if batch_size > 1 else None
-        g = grid if rows is None else grid[rows]
-        m = len(g)
-        if m == 0:
-            continue
-        val = F.grid_sample(features[b : b + 1], g.reshape(1, m * n, n, 2), mode="bilinear",
-                            padding_mode="border", align_corners=False)  # [1, C, m*n, n]
-        val = val * (inside if rows is None else inside[rows]).reshape(1, 1, m * n, n)
-        pooled = F.avg_pool2d(val, sampling_ratio).view(channels, m, output_size, output_size).transpose(0, 1)
-        if rows is None:
-            out = pooled
-        else:
-            out[rows] = pooled
-    return out
+    for b in range(batch_size):
+        rows = (batch == b).nonzero().flatten()
+        if len(rows):
+            sub = roi_align_levels([f[b : b + 1] for f in features], torch.cat([torch.zeros_like(rois[rows, :1]),
+                                   rois[rows, 1:]], dim=1), output_size, spatial_scales, sampling_ratio)
+            out[rows] = sub.permute(0, 2, 3, 1)
+    return out.permute(0, 3, 1, 2)
 
 
 def sine_embed(values: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:

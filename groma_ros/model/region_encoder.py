@@ -7,7 +7,7 @@ Widths 256 (box-position MLP), 1024 (RoI feature) and 4096 (output) were hard-co
 
 Two implementations of the same function (``GromaRegionEncoder.implementation``): ``"fast"`` (default) keeps
 every map channels-last (NHWC) so the 3x3 convs and the resizes run the CPU's fast NHWC kernels, samples RoIs
-with one ``grid_sample`` per level (``ops.roi_align_sampled``) and applies the three per-level RoI convs as one
+with one ``grid_sample`` per level (``ops.roi_align_levels``) and applies the three per-level RoI convs as one
 conv over their concatenated channels; ``"reference"`` is the direct transcription (NCHW, gather RoIAlign),
 kept to check the fast one against and to measure it (``benchmarks/engine_latency.py``). Both pass the parity
 fixture; they differ by float rounding (region tokens max 2e-5 on the fixture).
@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .configuration_groma import GromaConfig
-from .ops import cxcywh_to_xyxy, roi_align, roi_align_sampled
+from .ops import cxcywh_to_xyxy, roi_align, roi_align_levels
 
 RegionImplementation = Literal["fast", "reference"]
 
@@ -91,8 +91,10 @@ class MultiLevelFuse(nn.Module):
 
     def _forward_nhwc(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """The same rounds with every map in NHWC memory (the CPU's fast conv and resize layout); the input
-        1x1 convs as matrix products with the coordinate channels' constant term added, and a level's own
-        channels taken as they are instead of resized to their own size (an exact identity)."""
+        1x1 convs as matrix products with the coordinate channels' constant term added, a level's own
+        channels taken as they are instead of resized to their own size (an exact identity), and the finest
+        level's last quarter of channels not computed where nothing reads them (every round but the last:
+        a quarter of its conv, which is 3/4 of all fuse arithmetic)."""
         maps = []
         for conv, f in zip(self.input_conv, feats, strict=True):
             b, c, h, w = f.shape
@@ -100,23 +102,40 @@ class MultiLevelFuse(nn.Module):
             coords = self._coords(f)[0].permute(1, 2, 0).reshape(h * w, 2)
             constant = torch.addmm(conv.bias, coords, weight[:, c:].t())  # [h*w, D], the same for every image
             pixels = f.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            out = torch.matmul(pixels, weight[:, :c].t()) + constant
+            out = torch.stack([torch.addmm(constant, p, weight[:, :c].t()) for p in pixels])
             maps.append(out.view(b, h, w, -1).permute(0, 3, 1, 2))  # NCHW view of NHWC memory
         last = self.num_levels - 1
-        for fuse in self.fuse_convs:
+        for round_index, fuse in enumerate(self.fuse_convs):
             fused = []
+            final = round_index == len(self.fuse_convs) - 1
             for lvl, tar in enumerate(maps):
                 size = tar.shape[-2:]
                 parts = [tar[:, : self.remain]]
                 for src, channels in ((min(lvl + 1, last), slice(self.remain + self.quarter, None)),
                                       (max(lvl - 1, 0), slice(self.remain, self.remain + self.quarter))):
                     part = maps[src][:, channels]
-                    if src != lvl:
-                        part = F.interpolate(part.float(), size=size, mode="bilinear", align_corners=True)
+                    if src != lvl:  # a channel slice is no NHWC tensor to the kernels: make it one first
+                        part = part.float().contiguous(memory_format=torch.channels_last)
+                        part = F.interpolate(part, size=size, mode="bilinear", align_corners=True)
                     parts.append(part.to(tar.dtype))
-                fused.append(fuse(torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)))
+                # concatenated along the innermost (channel) axis of the NHWC memory, then seen as NCHW again
+                stacked = torch.cat([part.permute(0, 2, 3, 1) for part in parts], dim=3).permute(0, 3, 1, 2)
+                if lvl == 0 and not final and self._top_channels_unused(fuse):
+                    # level 0's channels [3D/4, D) feed no one before the last round (the level above takes its
+                    # "top" part from level 1): skip their conv; their GroupNorm groups are separate ones
+                    keep = self.remain + self.quarter
+                    groups = fuse.gn.num_groups * keep // self.dims
+                    out = F.conv2d(stacked, fuse.conv.weight[:keep], None, 1, 1)
+                    out = F.group_norm(out, groups, fuse.gn.weight[:keep], fuse.gn.bias[:keep], fuse.gn.eps)
+                else:
+                    out = fuse.gn(fuse.conv(stacked))
+                fused.append(torch.relu_(out))
             maps = fused
         return maps
+
+    def _top_channels_unused(self, fuse: ConvGNReLU) -> bool:
+        """Whether the skipped channels form whole GroupNorm groups (then skipping them is exact)."""
+        return self.quarter % (self.dims // fuse.gn.num_groups) == 0 and self.num_levels > 1
 
 
 class RoIHead(nn.Module):
@@ -214,9 +233,7 @@ class GromaRegionEncoder(nn.Module):
         dtype = maps[0].dtype
         if self._fast():
             # sum over levels of conv_l(roi_l) == one conv over the levels' channels stacked (weights likewise)
-            rois_all = torch.cat([roi_align_sampled(feat, rois, head.output_size, scale, sampling_ratio=2)
-                                  for feat, scale in zip(maps, self.spatial_scales, strict=True)], dim=1)
-            rois_all = rois_all.to(dtype).contiguous(memory_format=torch.channels_last)
+            rois_all = roi_align_levels(maps, rois, head.output_size, list(self.spatial_scales), 2).to(dtype)
             weight = torch.cat([conv.weight for conv in head.pconvs], dim=1)
             bias = sum(conv.bias for conv in head.pconvs)
             pooled = F.conv2d(rois_all, weight, bias, padding=1)

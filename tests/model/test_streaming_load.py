@@ -167,3 +167,23 @@ def test_out_of_memory_is_reported_as_such_not_as_a_refusal(released_fp32):
     assert kind == "memory", line
     assert message.startswith(f"out of memory loading {released_fp32} as bfloat16 on cpu: the weights need about")
     assert "refusing" not in message and "can't allocate memory" in message
+
+
+def test_a_file_larger_than_memory_maps_copy_on_write(tmp_path):
+    """The released 7B .bin (29.5 GB) is larger than a 24 GB machine: its private map must not be charged
+    against memory (a plain private writable map of it is refused with ENOMEM), and writes stay private."""
+    from groma_ros.model.weight_files import MappedFile
+
+    total = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                 if line.startswith("MemTotal"))
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as f:
+        f.truncate(2 * total)  # sparse: no disk, no memory
+    mapped = MappedFile(path)
+    assert mapped.size == 2 * total
+    view = mapped.view(total, 4096, torch.float32, (1024,))
+    view.add_(1.0)
+    assert view.sum() == 1024
+    with open(path, "rb") as f:
+        f.seek(total)
+        assert f.read(16) == bytes(16)  # the file itself is untouched

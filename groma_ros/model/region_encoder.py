@@ -104,31 +104,35 @@ class MultiLevelFuse(nn.Module):
             pixels = f.permute(0, 2, 3, 1).reshape(b, h * w, c)
             out = torch.stack([torch.addmm(constant, p, weight[:, :c].t()) for p in pixels])
             maps.append(out.view(b, h, w, -1).permute(0, 3, 1, 2))  # NCHW view of NHWC memory
-        last = self.num_levels - 1
+        last, rounds = self.num_levels - 1, len(self.fuse_convs)
+        top, down = slice(self.remain + self.quarter, None), slice(self.remain, self.remain + self.quarter)
+        half = maps[0].dtype != torch.float32
         for round_index, fuse in enumerate(self.fuse_convs):
+            weight, gn = fuse.conv.weight, fuse.gn
+            skip = round_index < rounds - 1 and self._top_channels_unused(fuse)
+            keep = self.remain + self.quarter if skip else self.dims
             fused = []
-            final = round_index == len(self.fuse_convs) - 1
             for lvl, tar in enumerate(maps):
                 size = tar.shape[-2:]
-                parts = [tar[:, : self.remain]]
-                for src, channels in ((min(lvl + 1, last), slice(self.remain + self.quarter, None)),
-                                      (max(lvl - 1, 0), slice(self.remain, self.remain + self.quarter))):
+                parts = [tar[:, : self.remain].permute(0, 2, 3, 1)]
+                for src, channels in ((min(lvl + 1, last), top), (max(lvl - 1, 0), down)):
                     part = maps[src][:, channels]
                     if src != lvl:  # a channel slice is no NHWC tensor to the kernels: make it one first
-                        part = part.float().contiguous(memory_format=torch.channels_last)
+                        part = (part.float() if half else part).contiguous(memory_format=torch.channels_last)
                         part = F.interpolate(part, size=size, mode="bilinear", align_corners=True)
-                    parts.append(part.to(tar.dtype))
+                        part = part.to(tar.dtype) if half else part
+                    parts.append(part.permute(0, 2, 3, 1))
                 # concatenated along the innermost (channel) axis of the NHWC memory, then seen as NCHW again
-                stacked = torch.cat([part.permute(0, 2, 3, 1) for part in parts], dim=3).permute(0, 3, 1, 2)
-                if lvl == 0 and not final and self._top_channels_unused(fuse):
+                stacked = torch.cat(parts, dim=3).permute(0, 3, 1, 2)
+                if lvl == 0 and skip:
                     # level 0's channels [3D/4, D) feed no one before the last round (the level above takes its
                     # "top" part from level 1): skip their conv; their GroupNorm groups are separate ones
-                    keep = self.remain + self.quarter
-                    groups = fuse.gn.num_groups * keep // self.dims
-                    out = F.conv2d(stacked, fuse.conv.weight[:keep], None, 1, 1)
-                    out = F.group_norm(out, groups, fuse.gn.weight[:keep], fuse.gn.bias[:keep], fuse.gn.eps)
+                    out = F.conv2d(stacked, weight[:keep], None, 1, 1)
+                    out = F.group_norm(out, gn.num_groups * keep // self.dims, gn.weight[:keep], gn.bias[:keep],
+                                       gn.eps)
                 else:
-                    out = fuse.gn(fuse.conv(stacked))
+                    out = F.group_norm(F.conv2d(stacked, weight, None, 1, 1), gn.num_groups, gn.weight, gn.bias,
+                                       gn.eps)
                 fused.append(torch.relu_(out))
             maps = fused
         return maps

@@ -43,6 +43,10 @@ class CompiledPerception:
         # prefix = system text + image tokens + two ids per region; the text part is far below 256 tokens
         longest = max_prefix_tokens or cfg.num_image_tokens + 2 * cfg.max_region_num + 256
         self.max_prefix = min(-(-longest // PREFIX_BUCKET) * PREFIX_BUCKET, cfg.llm_cfg.max_position_embeddings)
+        # one compiled graph per shape, all on the same three functions: torch's default of 8 graphs per
+        # function would silently fall back to eager after the 8th prefix length bucket
+        shapes = len(self.buckets) + self.max_prefix // PREFIX_BUCKET + 1
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
         options = {"fullgraph": True, "dynamic": False, "backend": backend}
         if backend == "inductor" and mode is not None:
             options["mode"] = mode

@@ -7,13 +7,19 @@ REFER with the same ``--max-new-tokens`` (a short budget, as a REC answer is ~4 
 model never emits ``</s>``, so it decodes exactly that many); the generated counts are printed so the ratio
 can be read against answer lengths. Goal on CPU: follow-up >= 5x faster.
 
+Region encoder: both implementations (``GromaRegionEncoder.implementation``: ``fast``, the default, and
+``reference``, the direct transcription) run in the same process on the same frames, alternating frame by
+frame, so their ratio comes from one run; the stage table is the fast one's. Goal on CPU: region >= 2x faster.
+
     python benchmarks/engine_latency.py                       # embedded model, else a tiny random one
     python benchmarks/engine_latency.py --model DIR --reps 10 --plot latency.png
+    python benchmarks/engine_latency.py --region fast         # fast region encoder only
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -73,39 +79,64 @@ def run(args: argparse.Namespace) -> int:
     def ask(image, query, frame):
         return engine.ask(image, query, task="refer", frame_id=frame, max_new_tokens=args.max_new_tokens)
 
-    first_rows: list[dict[str, float]] = []
-    follow_rows: list[dict[str, float]] = []
+    encoders = {"fast": engine.model.region_encoder}
+    if args.region in ("both", "reference"):
+        encoders["reference"] = copy.deepcopy(engine.model.region_encoder)
+        encoders["reference"].set_implementation("reference")
+    if args.region == "reference":
+        del encoders["fast"]
+    first_rows: dict[str, list[dict[str, float]]] = {name: [] for name in encoders}
+    follow_rows: dict[str, list[dict[str, float]]] = {name: [] for name in encoders}
     prefix_len = 0
     tokens: list[int] = []
     follow_tokens: list[int] = []
     for rep in range(args.reps + args.warmup):
         image = scene(args.width, args.height, seed=rep)
-        frame = ("bench", rep)
-        t0 = time.perf_counter()
-        first = ask(image, FIRST_QUERY, frame)
-        wall = (time.perf_counter() - t0) * 1000
-        assert not first.cached_prefix
-        rows = []
-        for i in range(args.followups):
-            rows.append(ask(image, FOLLOW_UPS[i % len(FOLLOW_UPS)], frame))
-        assert all(a.cached_prefix for a in rows)
-        if rep < args.warmup:
-            continue
-        first_rows.append({**vars(first.timings), "wall_ms": wall})
-        follow_rows.extend(vars(a.timings) for a in rows)
-        prefix_len = first.prompt_tokens
-        tokens.append(first.completion_tokens)
-        follow_tokens.extend(a.completion_tokens for a in rows)
+        for name, encoder in encoders.items():  # alternate per frame: the same load for both
+            engine.model.region_encoder = encoder
+            frame = ("bench", name, rep)
+            t0 = time.perf_counter()
+            first = ask(image, FIRST_QUERY, frame)
+            wall = (time.perf_counter() - t0) * 1000
+            assert not first.cached_prefix
+            rows = []
+            for i in range(args.followups):
+                rows.append(ask(image, FOLLOW_UPS[i % len(FOLLOW_UPS)], frame))
+            assert all(a.cached_prefix for a in rows)
+            if rep < args.warmup:
+                continue
+            perception = engine.frames.get(frame)
+            split = {"fuse_ms": perception.region_ms, "tokens_ms": perception.base.region_ms}
+            first_rows[name].append({**vars(first.timings), "wall_ms": wall, **split})
+            follow_rows[name].extend(vars(a.timings) for a in rows)
+            prefix_len = first.prompt_tokens
+            tokens.append(first.completion_tokens)
+            follow_tokens.extend(a.completion_tokens for a in rows)
+    engine.model.region_encoder = next(iter(encoders.values()))
 
-    f, u = median_timings(first_rows), median_timings(follow_rows)
+    shown = next(iter(encoders))
+    f, u = median_timings(first_rows[shown]), median_timings(follow_rows[shown])
     print(f"\nprompt ~{prefix_len} tokens; generated tokens per query (median): first "
-          f"{statistics.median(tokens):g}, follow-up {statistics.median(follow_tokens):g}; medians in ms:")
+          f"{statistics.median(tokens):g}, follow-up {statistics.median(follow_tokens):g}; medians in ms "
+          f"({shown} region encoder):")
     print(f"{'stage':<20}{'first':>10}{'follow-up':>12}")
     for k in (*STAGES, "total_ms"):
         print(f"{k.removesuffix('_ms'):<20}{f[k]:>10.2f}{u[k]:>12.2f}")
     ratio = f["total_ms"] / max(u["total_ms"], 1e-9)
     print(f"\nfollow-up speed-up: {ratio:.1f}x (first {f['total_ms']:.1f} ms / follow-up {u['total_ms']:.1f} ms); "
           f"goal >= 5x: {'met' if ratio >= 5 else 'NOT met'}")
+    if len(encoders) == 2:
+        ref = median_timings(first_rows["reference"])
+        speedup = ref["region_ms"] / max(f["region_ms"], 1e-9)
+
+        def part(name: str, key: str) -> float:
+            return statistics.median(r[key] for r in first_rows[name])
+
+        print(f"region encoder, first query (median of {args.reps} frames each, alternating): reference "
+              f"{ref['region_ms']:.2f} ms, fast {f['region_ms']:.2f} ms -> {speedup:.2f}x; goal >= 2x: "
+              f"{'met' if speedup >= 2 else 'NOT met'} (map fusion {part('reference', 'fuse_ms'):.2f} -> "
+              f"{part('fast', 'fuse_ms'):.2f} ms, region tokens {part('reference', 'tokens_ms'):.2f} -> "
+              f"{part('fast', 'tokens_ms'):.2f} ms); first query total {ref['total_ms']:.1f} -> {f['total_ms']:.1f} ms")
     if args.plot:
         plot(args.plot, f, u, f"{label} on {args.device} ({args.dtype}), medians of {args.reps} reps", ratio)
         print(f"plot written to {args.plot}")
@@ -153,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--plot", help="write a PNG bar plot of the stages here")
+    p.add_argument("--region", choices=("both", "fast", "reference"), default="both",
+                   help="region encoder implementation(s) to run; both = side by side, alternating per frame")
     return run(p.parse_args(argv))
 
 

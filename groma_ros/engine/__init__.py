@@ -16,6 +16,7 @@ _EXPORTS = {
     "FrameCache": "perception", "Perception": "perception", "PrefixState": "perception",
     "Answer": "types", "BoxXYXY": "types", "GroundedItem": "types", "Region": "types", "Status": "types",
     "Task": "types", "Timings": "types",
+    "ModelOutputError": "groma_ros.model.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -23,5 +24,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        module = _EXPORTS[name]
+        return getattr(importlib.import_module(module if "." in module else f".{module}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

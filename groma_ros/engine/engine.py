@@ -169,37 +169,27 @@ def resolve_model_dir(path: str | os.PathLike | None) -> Path:
 
 
 @contextlib.contextmanager
-def _load_progress(directory: Path, enabled: bool) -> Iterator[None]:
-    """A tqdm bar (bytes) while a large checkpoint loads: advances per weight file, ticks elapsed time."""
+def _load_progress(directory: Path, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm bar (bytes) while a large checkpoint loads; yields the per-tensor callback for the loader."""
     files = [p for p in directory.iterdir() if p.suffix in (".bin", ".safetensors") and p.is_file()]
     total = sum(p.stat().st_size for p in files)
     if not enabled or total < PROGRESS_MIN_BYTES:
-        yield
+        yield None
         return
     from tqdm.auto import tqdm
 
-    from groma_ros.model import checkpoint
-
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {directory.name}", leave=False)
-    original = checkpoint._load_file
     stop = threading.Event()
-
-    def load_file(path: Path):
-        out = original(path)
-        bar.update(Path(path).stat().st_size)
-        return out
 
     def tick() -> None:
         while not stop.wait(0.5):
             bar.refresh()
 
     ticker = threading.Thread(target=tick, daemon=True)
-    checkpoint._load_file = load_file
     ticker.start()
     try:
-        yield
+        yield bar.update
     finally:
-        checkpoint._load_file = original
         stop.set()
         ticker.join()
         bar.close()
@@ -248,33 +238,41 @@ class GromaEngine:
     def from_pretrained(cls, path: str | None = None, *, device: str = "cpu", dtype: str = "float32",
                         num_threads: int | None = None, cache_frames: int = 4, progress: bool = True,
                         cache_bytes: int | None = DEFAULT_CACHE_BYTES,
-                        interpolation: Interpolation = "bilinear", decode: DecodeMode = "auto") -> GromaEngine:
+                        interpolation: Interpolation = "bilinear", decode: DecodeMode = "auto",
+                        quantization: str | None = None) -> GromaEngine:
         """Load a model directory (released format or ours; ``None`` = the embedded default model).
 
         ``num_threads`` sets torch's intra-op CPU threads (default min(4, cores) on CPU: more rarely helps
         at batch 1 and starves the ROS executor). ``decode``: see ``decoding`` (``static``/``compiled`` pay off on
-        a GPU). Raises ``ModelNotFoundError`` / ``ModelLoadError``.
+        a GPU; ``compiled`` on CUDA compiles perception too, see ``GromaForConditionalGeneration.compile_perception``).
+        ``quantization``: None/"none", "int8" or "int4" weight-only LLM linears (torchao; int4 on a GPU needs
+        bfloat16). Raises ``ModelNotFoundError`` / ``ModelLoadError``.
         """
         from groma_ros.model import GromaForConditionalGeneration
+        from groma_ros.model.quantization import quantization_mode
         from groma_ros.model.tokenization_groma import GromaTokenizer
 
         directory = resolve_model_dir(path)
         torch_dtype = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
         if torch_dtype is None:
             raise ValueError(f"dtype must be one of float32, bfloat16, float16; got {dtype!r}")
+        quantization = quantization_mode(quantization)
         if num_threads is None and torch.device(device).type == "cpu":
             num_threads = min(4, os.cpu_count() or 1)
         if num_threads is not None:
             torch.set_num_threads(max(1, int(num_threads)))
         try:
             tokenizer = GromaTokenizer.from_pretrained(directory)
-            with _load_progress(directory, progress):
-                model = GromaForConditionalGeneration.from_pretrained(directory, dtype=torch_dtype, device=device)
+            with _load_progress(directory, progress) as on_bytes:
+                model = GromaForConditionalGeneration.from_pretrained(
+                    directory, dtype=torch_dtype, device=device, quantization=quantization, progress=on_bytes)
         except (ModelLoadError, ValueError) as err:
             raise ModelLoadError(f"could not load the model from {directory}: {err}") from err
         except (OSError, RuntimeError) as err:
             raise ModelLoadError(f"could not load the model from {directory}: {type(err).__name__}: {err}") from err
         model.eval()
+        if decode == "compiled" and model.device.type == "cuda":
+            model.compile_perception(warm_up=False)  # image graph, region tokens, prefix prefill: CUDA graphs too
         return cls(model, tokenizer, model_id=directory.name, cache_frames=cache_frames, cache_bytes=cache_bytes,
                    interpolation=interpolation, decode=decode)
 
@@ -356,8 +354,7 @@ class GromaEngine:
         t1 = time.perf_counter()
         expanded = model.expand_input_ids(self._prefix_ids, len(selection.boxes))
         embeds = model.build_inputs_embeds(expanded.input_ids, vision.image_tokens[0], region_tokens)
-        cache = DynamicCache(config=model.config.llm_cfg)
-        model.llm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        cache = model.prefill_prefix(embeds)  # compiled (a CUDA graph) when perception is compiled
         _sync(device)
         t2 = time.perf_counter()
         scores = selection.scores.detach().float().cpu().tolist()

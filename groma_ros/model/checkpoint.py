@@ -8,20 +8,29 @@ must equal their canonical tensor and are then dropped. The renames are idempote
 reads both the release naming and ours; ``save_pretrained`` writes ours (safetensors, no aliases);
 ``to_release_state_dict`` produces the release naming (with aliases) for export and tests.
 
-Safety. ``.bin`` files are read with ``torch.load(weights_only=True)`` and must contain only tensors.
+Safety. ``.bin`` files are parsed by ``torch.load(weights_only=True)`` and must contain only tensors.
+
+Memory. Files are mapped, not read (``weight_files``); loading and converting go tensor by tensor, so peak
+memory is about the finished model plus one tensor, and a refusal, a lack of memory and an unreadable file
+raise different errors (``errors``).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import pickle
 import re
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
-import torch  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import torch
 
-from .configuration_groma import GromaConfig  # noqa: E402
+from .configuration_groma import GromaConfig
+from .errors import CheckpointError, CheckpointMemoryError, CheckpointRefusedError
+from .quantization import check_supported, is_quantized, quantizable_weights, quantization_mode, quantize_weight
+from .weight_files import MappedFile, read_safetensors, read_torch_zip, write_safetensors
 
 _VIT = r"^(perceiver\.vis_encoder\.encoder\.layer\.\d+\.attention)"
 _DDETR = r"^(perceiver\.ddetr_transformer\.(?:encoder|decoder)\.layers\.\d+)"
@@ -54,10 +63,6 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that does not fit the model or cannot be read safely."""
-
-
 def release_to_ours(key: str) -> str:
     """Map one key (release or ours) to our naming; alias keys map to their canonical name."""
     key = ALIAS_RE.sub(r"perceiver.ddetr_transformer.\1.", key)
@@ -84,62 +89,110 @@ def to_release_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+class CheckpointTensors(dict):
+    """Tensors of a checkpoint directory (file naming), as views on private maps of the weight files.
+
+    ``release(t)`` hands back the pages under a view once it was converted (cast or copied to a device).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[MappedFile] = []
+
+    def release(self, tensor: torch.Tensor) -> None:
+        for mapped in self.files:
+            mapped.release(tensor)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err).lower()
+    return "can't allocate memory" in text or "out of memory" in text or "not enough memory" in text
+
+
+def _refusal(path: Path, err: BaseException) -> CheckpointRefusedError:
+    return CheckpointRefusedError(
+        f"refusing to load {path}: it is not a plain tensor state dict loadable with weights_only=True "
+        f"(pickled code or objects are never executed; bytes that are no pickle at all read the same way). "
+        f"Details: {type(err).__name__}: {err}"
+    )
+
+
+def _read_bin(path: Path) -> tuple[dict, MappedFile | None]:
+    if zipfile.is_zipfile(path):
+        return read_torch_zip(path)
+    return torch.load(path, map_location="cpu", weights_only=True), None  # legacy format: small, in memory
+
+
+def _load_file(path: Path) -> CheckpointTensors:
+    """One weight file, every failure classified: refused (not plain tensors), out of memory, unreadable."""
+    path = Path(path)
+    out = CheckpointTensors()
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(err):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - the unpickler raises many types; all mean "refused"
+        if path.suffix == ".safetensors":
+            obj, mapped = read_safetensors(path)
+        else:
+            obj, mapped = _read_bin(path)
+    except pickle.UnpicklingError as err:
+        raise _refusal(path, err) from None
+    except Exception as err:  # noqa: BLE001 - zip, pickle and OS layers raise many types; classified here
+        if _is_out_of_memory(err):
+            raise CheckpointMemoryError(f"out of memory while reading {path}: {type(err).__name__}: {err}") from None
+        if isinstance(err, PermissionError | FileNotFoundError):
+            raise CheckpointError(f"cannot open {path}: {err}") from None
         raise CheckpointError(
-            f"refusing to load {path}: it is not a plain tensor state dict loadable with weights_only=True "
-            f"(pickled code or objects are never executed). Details: {type(err).__name__}: {err}"
+            f"cannot read {path}: truncated, corrupt or not a weight file ({type(err).__name__}: {err})"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors")
-    bad = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    bad = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
     if bad:
-        raise CheckpointError(f"{path} holds non-tensor entries (refused): {', '.join(map(str, bad[:20]))}")
-    return obj
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for key in f.keys():
-            out[key] = f.get_tensor(key)
+        raise CheckpointRefusedError(f"{path} holds non-tensor entries (refused): {', '.join(bad[:20])}")
+    out.update(obj)
+    if mapped is not None:
+        out.files.append(mapped)
     return out
 
 
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    return _load_safetensors(path) if path.suffix == ".safetensors" else _load_bin(path)
+def read_checkpoint(directory: Path) -> CheckpointTensors:
+    """All tensors of a checkpoint directory, in the file's naming (single file or sharded with an index).
 
-
-def read_checkpoint(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory, in the file's naming (single file or sharded with an index)."""
+    No data is read: the tensors are views on the mapped files (legacy pre-zip ``.bin`` files excepted).
+    """
     directory = Path(directory)
     for name in WEIGHT_FILES:
         if (directory / name).is_file():
             return _load_file(directory / name)
+    shards: list[Path] = []
     for name in INDEX_FILES:
         if (directory / name).is_file():
             index = json.loads((directory / name).read_text())
-            shards = sorted(set(index.get("weight_map", {}).values()))
+            shards = [directory / s for s in sorted(set(index.get("weight_map", {}).values()))]
             if not shards:
                 raise CheckpointError(f"{directory / name} has an empty weight_map")
-            out: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                out.update(_load_file(directory / shard))
-            return out
-    shards = sorted(directory.glob("*.safetensors"))
-    if shards:
-        out = {}
-        for shard in shards:
-            out.update(_load_file(shard))
-        return out
-    raise CheckpointError(f"no weights in {directory}: expected one of {WEIGHT_FILES + INDEX_FILES}")
+            break
+    else:
+        shards = sorted(directory.glob("*.safetensors"))
+    if not shards:
+        raise CheckpointError(f"no weights in {directory}: expected one of {WEIGHT_FILES + INDEX_FILES}")
+    out = CheckpointTensors()
+    for shard in shards:
+        part = _load_file(shard)
+        out.update(part)
+        out.files.extend(part.files)
+    return out
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shape and values, NaN matching NaN (an alias of a NaN weight is still the same tensor)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    if not a.is_floating_point():
+        return False
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
 
 
 def map_state_dict(
@@ -163,7 +216,7 @@ def map_state_dict(
     for key, ours in aliases:
         if ours not in mapped:
             mapped[ours] = raw[key]
-        elif mapped[ours].shape != raw[key].shape or not torch.equal(mapped[ours], raw[key]):
+        elif not _same_values(mapped[ours], raw[key]):
             problems.append(f"alias {key} differs from {ours} (they must be the same tensor)")
     missing = sorted(k for k in expected if k not in mapped and k not in allow_missing)
     unexpected = sorted(k for k in mapped if k not in expected)
@@ -184,16 +237,16 @@ def map_state_dict(
 
 
 # ----------------------------------------------------------------------------------------------------- model
-def _check_dtype(dtype: torch.dtype) -> torch.dtype:
+DTYPE_NAMES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+
+def _check_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if isinstance(dtype, str):
-        dtype = {
-            "fp32": torch.float32,
-            "float32": torch.float32,
-            "bf16": torch.bfloat16,
-            "bfloat16": torch.bfloat16,
-            "fp16": torch.float16,
-            "float16": torch.float16,
-        }.get(dtype, dtype)
+        dtype = DTYPE_NAMES.get(dtype.lower().removeprefix("torch."), dtype)
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
     return dtype
@@ -216,115 +269,199 @@ def _materialize_buffers(model, device: torch.device) -> None:
         raise CheckpointError(f"tensors left uninitialised after loading: {', '.join(left)}")
 
 
-def load_pretrained(model_cls, directory: Path, dtype=torch.float32, device="cpu", quantization=None):
-    """Implementation of ``GromaForConditionalGeneration.from_pretrained``."""
-    dtype = _check_dtype(dtype)
-    device = torch.device(device)
-    if quantization not in (None, "8bit", "4bit"):
-        raise ValueError(f"quantization must be None, '8bit' or '4bit', got {quantization!r}")
-    if quantization is not None:
-        _require_bitsandbytes(device)
+def read_config(directory: Path) -> GromaConfig:
     config_path = Path(directory) / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path} not found")
-    config = GromaConfig(**json.loads(config_path.read_text()))
-    model = build_empty(model_cls, config)
+    return GromaConfig(**json.loads(config_path.read_text()))
+
+
+def _checked_state(model, directory: Path) -> tuple[CheckpointTensors | dict, dict[str, torch.Tensor]]:
+    """(the files' tensors, our-naming tensors checked against the model's keys and shapes)."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    tied = config.llm_cfg.tie_word_embeddings
-    state = map_state_dict(
-        read_checkpoint(directory), expected, allow_missing=("llm.lm_head.weight",) if tied else ()
+    tied = model.config.llm_cfg.tie_word_embeddings
+    raw = read_checkpoint(directory)
+    state = map_state_dict(raw, expected, allow_missing=("llm.lm_head.weight",) if tied else ())
+    if tied:
+        state.pop("llm.lm_head.weight", None)
+    return raw, {k: state[k] for k in expected if k in state}  # the model's own order
+
+
+def _target_dtype(src: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    return dtype if src.is_floating_point() else src.dtype
+
+
+def _place(src: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``src`` in ``dtype`` on ``device``: the mapped view itself when nothing changes (copy-on-write, no
+    anonymous memory), else one new tensor filled straight from the view (a GPU gets it without a CPU copy)."""
+    target = _target_dtype(src, dtype)
+    if device.type == "cpu" and src.dtype == target:
+        return src
+    out = torch.empty(src.shape, dtype=target, device=device)
+    out.copy_(src)
+    return out
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / (1 << 30):.1f} GiB"
+
+
+def _memory_error(directory: Path, dtype: torch.dtype, device: torch.device, need: int,
+                  err: BaseException) -> CheckpointMemoryError:
+    free = ""
+    try:
+        if device.type == "cuda":
+            free = f"; {_gib(torch.cuda.mem_get_info(device)[0])} free on {device}"
+        else:
+            avail = next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                         if line.startswith("MemAvailable"))
+            free = f"; {_gib(int(avail.split()[1]) * 1024)} available on the host"
+    except Exception:  # noqa: BLE001 - the numbers only decorate the message
+        pass
+    smaller = "bfloat16/float16 or quantization int8/int4" if dtype == torch.float32 else "quantization int8/int4"
+    return CheckpointMemoryError(
+        f"out of memory loading {directory} as {str(dtype).removeprefix('torch.')} on {device}: the weights need "
+        f"about {_gib(need)}{free}. Free memory or load smaller ({smaller}). Details: {type(err).__name__}: {err}"
     )
-    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
-    model.load_state_dict(state, strict=not tied, assign=True)
+
+
+def load_pretrained(model_cls, directory: Path, dtype=torch.float32, device="cpu", quantization=None,
+                    progress: Callable[[int], None] | None = None):
+    """Implementation of ``GromaForConditionalGeneration.from_pretrained``.
+
+    Tensor by tensor: each checked weight goes from the mapped file straight into ``dtype`` on ``device``
+    (then its source pages are released) and, with ``quantization``, is quantized right there, so peak memory
+    is about the finished model plus one tensor. ``progress(nbytes)`` is called after each tensor.
+    """
+    dtype = _check_dtype(dtype)
+    device = torch.device(device)
+    mode = quantization_mode(quantization)
+    if mode is not None:
+        check_supported(mode, dtype, device)
+    model = build_empty(model_cls, read_config(directory))
+    raw, state = _checked_state(model, directory)
+    to_quantize = set(quantizable_weights(model)) if mode else set()
+    placed: dict[str, torch.Tensor] = {}
+    quantized: dict[str, torch.nn.Parameter] = {}
+    try:
+        for key, src in state.items():
+            out = _place(src, dtype, device)
+            if key in to_quantize:
+                quantized[key] = quantize_weight(out, mode)
+                del out
+            else:
+                placed[key] = out
+            if isinstance(raw, CheckpointTensors):  # unwritten pages: a kept view maps them again on use
+                raw.release(src)
+            if progress is not None:
+                progress(src.numel() * src.element_size())
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        need = sum(v.numel() * _target_dtype(v, dtype).itemsize for v in state.values())
+        placed.clear()
+        quantized.clear()
+        raise _memory_error(Path(directory), dtype, device, need, err) from None
+    del raw, state
+    missing, _ = model.load_state_dict(placed, strict=False, assign=True)
+    tied = model.config.llm_cfg.tie_word_embeddings
+    unfilled = set(missing) - set(quantized) - ({"llm.lm_head.weight"} if tied else set())
+    if unfilled:
+        raise CheckpointError(f"tensors left unfilled after loading: {', '.join(sorted(unfilled))}")
+    for key, weight in quantized.items():
+        model.get_submodule(key.removesuffix(".weight")).weight = weight
     if tied:
         model.llm.lm_head.weight = model.llm.model.embed_tokens.weight
-    _materialize_buffers(model, torch.device("cpu"))
-    model = model.to(device).eval().requires_grad_(False)
-    if quantization is not None:
-        quantize_llm_(model, quantization)
-    return model
+    _materialize_buffers(model, device)
+    return model.eval().requires_grad_(False)
 
 
-def save_pretrained(model, directory: Path, max_shard_bytes: int = 5 << 30) -> None:
-    """Write config.json + our-naming safetensors (sharded with ``model.safetensors.index.json`` if large)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = model.config.to_dict()
-    config["architectures"] = ["GromaForConditionalGeneration"]
-    config["dtype"] = str(model.dtype).removeprefix("torch.")
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    if model.config.llm_cfg.tie_word_embeddings:
-        state.pop("llm.lm_head.weight", None)
-    shards: list[dict[str, torch.Tensor]] = [{}]
+# ------------------------------------------------------------------------------------------------- writing
+def _config_json(config: GromaConfig, dtype: torch.dtype) -> str:
+    cfg = config.to_dict()
+    cfg["architectures"] = ["GromaForConditionalGeneration"]
+    cfg["dtype"] = str(dtype).removeprefix("torch.")
+    return json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def _write_shards(directory: Path, specs: list[tuple[str, tuple[int, ...], torch.dtype]],
+                  produce: Callable[[str], torch.Tensor], max_shard_bytes: int,
+                  written: Callable[[str, torch.Tensor], None] | None = None) -> None:
+    """``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` + index when over ``max_shard_bytes``."""
+    shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
     size = 0
-    for key, value in state.items():
-        nbytes = value.numel() * value.element_size()
+    for spec in specs:
+        nbytes = math.prod(spec[1]) * spec[2].itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+            shards.append([])
             size = 0
-        shards[-1][key] = value
+        shards[-1].append(spec)
         size += nbytes
     meta = {"format": "pt", "naming": "groma_ros"}
     if len(shards) == 1:
-        save_file(shards[0], str(directory / "model.safetensors"), metadata=meta)
+        write_safetensors(directory / "model.safetensors", shards[0], produce, meta, written)
         return
-    weight_map = {}
+    weight_map, total = {}, 0
     for i, shard in enumerate(shards):
         name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(directory / name), metadata=meta)
-        weight_map.update({k: name for k in shard})
-    index = {
-        "metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
-        "weight_map": weight_map,
-    }
+        total += write_safetensors(directory / name, shard, produce, meta, written)
+        weight_map.update({k: name for k, _, _ in shard})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-# ---------------------------------------------------------------------------------------------- quantization
-def _require_bitsandbytes(device: torch.device) -> None:
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise RuntimeError(
-            "8-bit/4-bit loading needs the 'bitsandbytes' package (pip install bitsandbytes)"
-        ) from None
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise RuntimeError("8-bit/4-bit loading needs a CUDA device (device='cuda')")
+def save_pretrained(model, directory: Path, max_shard_bytes: int = 5 << 30) -> None:
+    """Write config.json + our-naming safetensors (sharded with ``model.safetensors.index.json`` if large).
 
-
-def quantize_llm_(model, mode: str) -> None:
-    """Replace the LLaMA decoder-layer linears by bitsandbytes int8 / nf4 (bf16 compute) layers, in place.
-
-    Vision, proposer, region encoder, embeddings and heads stay in the load dtype (as the original 4-bit
-    community checkpoint did for non-LLM parts is unverified; these are small next to the LLM).
+    Tensor by tensor: a GPU model is copied to the host one tensor at a time.
     """
-    import bitsandbytes as bnb
+    if is_quantized(model):
+        raise ValueError("a quantized model cannot be saved: save the unquantized weights and pass "
+                         "quantization= when loading")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(_config_json(model.config, model.dtype))
+    state = model.state_dict()
+    if model.config.llm_cfg.tie_word_embeddings:
+        state.pop("llm.lm_head.weight", None)
+    specs = [(k, tuple(v.shape), v.dtype) for k, v in state.items()]
+    _write_shards(directory, specs, lambda k: state[k], max_shard_bytes)
 
-    device = model.device
-    for module in model.llm.model.layers.modules():
-        for name, child in list(module.named_children()):
-            if not isinstance(child, torch.nn.Linear):
-                continue
-            weight = child.weight.data.to("cpu", torch.float16)
-            if mode == "8bit":
-                q = bnb.nn.Linear8bitLt(
-                    child.in_features,
-                    child.out_features,
-                    bias=child.bias is not None,
-                    has_fp16_weights=False,
-                    threshold=6.0,
-                )
-                q.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-            else:
-                q = bnb.nn.Linear4bit(
-                    child.in_features,
-                    child.out_features,
-                    bias=child.bias is not None,
-                    compute_dtype=torch.bfloat16,
-                    quant_type="nf4",
-                )
-                q.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
-            if child.bias is not None:
-                q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            setattr(module, name, q.to(device))
+
+def convert_checkpoint(src: Path, dst: Path, dtype=torch.bfloat16, max_shard_bytes: int = 5 << 30,
+                       progress: Callable[[int], None] | None = None) -> Path:
+    """A checkpoint directory (released ``.bin`` or ours) -> ``dst`` in our naming as ``dtype`` safetensors.
+
+    Every key is checked as by the loader; then each tensor is cast and written as it is read, so memory
+    holds one tensor at a time (the output is never assembled).
+    """
+    dtype = _check_dtype(dtype)
+    src, dst = Path(src), Path(dst)
+    config = read_config(src)
+    raw, state = _checked_state(build_empty(_model_class(), config), src)
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "config.json").write_text(_config_json(config, dtype))
+    specs = [(k, tuple(v.shape), _target_dtype(v, dtype)) for k, v in state.items()]
+
+    def produce(key: str) -> torch.Tensor:
+        return state[key].to(_target_dtype(state[key], dtype))
+
+    def written(key: str, tensor: torch.Tensor) -> None:
+        if isinstance(raw, CheckpointTensors):
+            raw.release(state[key])
+        if progress is not None:
+            progress(state[key].numel() * state[key].element_size())
+
+    try:
+        _write_shards(dst, specs, produce, max_shard_bytes, written)
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        raise CheckpointMemoryError(f"out of memory converting {src}: {type(err).__name__}: {err}") from None
+    return dst
+
+
+def _model_class():
+    from .modeling_groma import GromaForConditionalGeneration
+
+    return GromaForConditionalGeneration

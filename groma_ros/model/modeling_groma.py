@@ -16,6 +16,7 @@ so every entry point takes an explicit ``order`` (or explicit region boxes) to r
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from torch import nn  # noqa: E402
 from transformers import DynamicCache, LlamaForCausalLM  # noqa: E402
 
 from .configuration_groma import GromaConfig  # noqa: E402
+from .errors import ModelOutputError  # noqa: E402
 from .ops import box_iou, cxcywh_to_xyxy, first_argmax, nms  # noqa: E402
 from .proposer import GromaPerceiver  # noqa: E402
 from .region_encoder import GromaRegionEncoder  # noqa: E402
@@ -81,6 +83,18 @@ class GreedyOutput:
     prefill: GromaOutput = field(repr=False, default=None)
 
 
+def check_finite_proposals(boxes: torch.Tensor, scores: torch.Tensor) -> None:
+    """``ModelOutputError`` if any proposal score or box is NaN/inf (NMS and region indexing assume finite
+    values; a NaN score never passes the threshold and the fallback then indexes past the end)."""
+    bad_scores = int((~torch.isfinite(scores)).sum())
+    bad_boxes = int((~torch.isfinite(boxes)).any(-1).sum())
+    if bad_scores or bad_boxes:
+        raise ModelOutputError(
+            f"the region proposer produced non-finite values ({bad_scores} of {scores.numel()} scores, "
+            f"{bad_boxes} of {len(boxes)} boxes NaN/inf): the weights or this device/dtype's kernels are broken"
+        )
+
+
 class GromaForConditionalGeneration(nn.Module):
     """The Groma network. Submodule names match the released checkpoint (mapping: ``checkpoint.py``)."""
 
@@ -96,26 +110,32 @@ class GromaForConditionalGeneration(nn.Module):
         self.extra_lm_head = nn.Linear(h, config.num_new_token, bias=False)
         self.new_input_embs = nn.Embedding(config.num_new_token, h)
         self.token_ids = config.token_ids
+        self.compiled_perception = None  # set by compile_perception()
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(
         cls,
         path: str | os.PathLike,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         device: str | torch.device = "cpu",
         quantization: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> GromaForConditionalGeneration:
         """Load a released (``pytorch_model.bin``, 4.32 names) or our (``model.safetensors``) checkpoint dir.
 
-        Sharded checkpoints (``*.index.json``) work too. Weights are cast to ``dtype`` (fp32/bf16/fp16) and
-        moved to ``device``; ``quantization`` "8bit"/"4bit" quantizes the LLM linears with bitsandbytes
-        (CUDA only).
-        Raises ``CheckpointError`` listing every missing/unexpected/mis-shaped key.
+        Sharded checkpoints (``*.index.json``) work too. Weights go tensor by tensor from the mapped files
+        into ``dtype`` (fp32/bf16/fp16) on ``device``, so peak memory is about the model in ``dtype``.
+        ``quantization`` None/"none", "int8" or "int4": weight-only quantization of the LLM decoder linears
+        (torchao; see ``quantization``). ``progress(nbytes)`` is called per tensor.
+        Raises ``CheckpointError`` listing every missing/unexpected/mis-shaped key,
+        ``CheckpointRefusedError`` for files that are more than plain tensors, ``CheckpointMemoryError``
+        when the weights do not fit.
         """
         from .checkpoint import load_pretrained
 
-        return load_pretrained(cls, Path(path), dtype=dtype, device=device, quantization=quantization)
+        return load_pretrained(cls, Path(path), dtype=dtype, device=device, quantization=quantization,
+                               progress=progress)
 
     def save_pretrained(self, path: str | os.PathLike, max_shard_bytes: int = 5 << 30) -> None:
         """Write ``config.json`` + safetensors (our naming, no alias keys; sharded with an index if large)."""
@@ -155,6 +175,8 @@ class GromaForConditionalGeneration(nn.Module):
                 f"pixel_values must be {self.config.image_size}x{self.config.image_size}, "
                 f"got {tuple(pixel_values.shape)}"
             )
+        if self.compiled_perception is not None and not output_intermediates:
+            return self.compiled_perception.encode_image(pixel_values.to(self.device, self.dtype))
         states = self.perceiver.vis_encoder.hidden_states_all(pixel_values.to(self.device))
         merged = self.merge_image_features(states[-1])
         image_tokens = self.img_txt_bridge(merged)
@@ -190,6 +212,7 @@ class GromaForConditionalGeneration(nn.Module):
         """
         cfg = self.config
         boxes, scores = proposal_boxes.float(), proposal_scores.float()
+        check_finite_proposals(boxes, scores)
         num_user = 0 if user_boxes is None else len(user_boxes)
         if num_user:
             user = user_boxes.to(boxes)
@@ -216,7 +239,36 @@ class GromaForConditionalGeneration(nn.Module):
     ) -> torch.Tensor:
         """Region tokens [K, H] for normalized cx,cy,w,h boxes of image ``batch_index`` of ``vision``."""
         maps = [m[batch_index : batch_index + 1] for m in vision.region_maps]
-        return self.region_encoder(maps, boxes_cxcywh.to(self.device))
+        boxes = boxes_cxcywh.to(self.device)
+        if self.compiled_perception is not None:
+            tokens = self.compiled_perception.encode_regions(maps, boxes)
+            if tokens is not None:
+                return tokens
+        return self.region_encoder(maps, boxes)
+
+    @torch.no_grad()
+    def prefill_prefix(self, inputs_embeds: torch.Tensor) -> DynamicCache:
+        """The LLM over a prompt prefix [1, T, H] into a fresh ``DynamicCache`` (what queries then fork)."""
+        if self.compiled_perception is not None:
+            cache = self.compiled_perception.prefill_prefix(inputs_embeds)
+            if cache is not None:
+                return cache
+        cache = DynamicCache(config=self.config.llm_cfg)
+        self.llm.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
+        return cache
+
+    def compile_perception(self, mode: str | None = "reduce-overhead", backend: str = "inductor",
+                           warm_up: bool = True) -> None:
+        """Run perception, region tokens and the prefix prefill as compiled static-shape graphs (one CUDA graph
+        each on a GPU; see ``compiled``). ``warm_up`` compiles the image graph and every region bucket now."""
+        from .compiled import CompiledPerception
+
+        self.compiled_perception = CompiledPerception(self, mode=mode, backend=backend)
+        if warm_up:
+            self.compiled_perception.warm_up()
+
+    def uncompile_perception(self) -> None:
+        self.compiled_perception = None
 
     # ------------------------------------------------------------------------------------------------- text
     def expand_input_ids(

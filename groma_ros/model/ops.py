@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.nn import functional as F
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -194,6 +195,21 @@ def nms(
     return order[torch.tensor(keep, dtype=torch.long)]
 
 
+def _sample_positions(rois: torch.Tensor, output_size: int, spatial_scale: float,
+                      sampling_ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample rows ``ys`` and columns ``xs`` [K, output_size * sampling_ratio] of each RoI in feature pixels."""
+    start_w = rois[:, 1] * spatial_scale - 0.5
+    start_h = rois[:, 2] * spatial_scale - 0.5
+    bin_w = (rois[:, 3] * spatial_scale - 0.5 - start_w) / output_size
+    bin_h = (rois[:, 4] * spatial_scale - 0.5 - start_h) / output_size
+    # sample s of bin p sits at start + p*bin + (i + 0.5)*bin/ratio, computed in that order like the kernel
+    p = torch.arange(output_size, device=rois.device, dtype=torch.float32).repeat_interleave(sampling_ratio)
+    i = torch.arange(sampling_ratio, device=rois.device, dtype=torch.float32).repeat(output_size)
+    ys = start_h[:, None] + p * bin_h[:, None] + (i + 0.5) * bin_h[:, None] / sampling_ratio
+    xs = start_w[:, None] + p * bin_w[:, None] + (i + 0.5) * bin_w[:, None] / sampling_ratio
+    return ys, xs
+
+
 def roi_align(
     features: torch.Tensor,
     rois: torch.Tensor,
@@ -212,21 +228,14 @@ def roi_align(
     - a sample outside [-1, H] x [-1, W] contributes 0; coordinates in [-1, 0] clamp to 0; samples past the
       last row/column clamp to it;
     - each bin is the mean of sampling_ratio² bilinear samples.
-    The four corner gathers are chunked over RoIs so memory stays below ``max_elements`` floats per corner.
+    The reference form: gathers along the channel-major layout, chunked over RoIs so memory stays below
+    ``max_elements`` floats per corner. ``roi_align_sampled`` computes the same values several times faster.
     """
     features = features.float()
     rois = rois.float()
     _, channels, height, width = features.shape
     n = output_size * sampling_ratio
-    start_w = rois[:, 1] * spatial_scale - 0.5
-    start_h = rois[:, 2] * spatial_scale - 0.5
-    bin_w = (rois[:, 3] * spatial_scale - 0.5 - start_w) / output_size
-    bin_h = (rois[:, 4] * spatial_scale - 0.5 - start_h) / output_size
-    # sample s of bin p sits at start + p*bin + (i + 0.5)*bin/ratio, computed in that order like the kernel
-    p = torch.arange(output_size, device=rois.device, dtype=torch.float32).repeat_interleave(sampling_ratio)
-    i = torch.arange(sampling_ratio, device=rois.device, dtype=torch.float32).repeat(output_size)
-    ys = start_h[:, None] + p * bin_h[:, None] + (i + 0.5) * bin_h[:, None] / sampling_ratio  # [K, n]
-    xs = start_w[:, None] + p * bin_w[:, None] + (i + 0.5) * bin_w[:, None] / sampling_ratio
+    ys, xs = _sample_positions(rois, output_size, spatial_scale, sampling_ratio)
 
     def axis(coord: torch.Tensor, size: int):
         inside = (coord >= -1.0) & (coord <= size)
@@ -271,6 +280,63 @@ def roi_align(
     return out
 
 
+def roi_align_sampled(features: torch.Tensor, rois: torch.Tensor, output_size: int, spatial_scale: float,
+                      sampling_ratio: int = 2) -> torch.Tensor:
+    """``roi_align`` through ``grid_sample``: 4-5x faster on a CPU, far fewer kernels on a GPU (one level of
+    ``roi_align_levels``). Returns [K, C, s, s] float32 in channels-last memory."""
+    return roi_align_levels([features], rois, output_size, [spatial_scale], sampling_ratio)
+
+
+def roi_align_levels(features: list[torch.Tensor], rois: torch.Tensor, output_size: int,
+                     spatial_scales: list[float], sampling_ratio: int = 2) -> torch.Tensor:
+    """``roi_align`` of the same RoIs on several maps at once, their channels stacked: [K, sum(C), s, s].
+
+    Same sample positions as ``roi_align`` (computed for every level in one pass); clamping the coordinates to
+    [0, size - 1] and sampling with border padding is the kernel's clamp rule, and the outside mask zeroes what
+    it drops. Values differ from ``roi_align`` only by the round trip through normalised coordinates (max 1e-5
+    on unit-scale features). The ``sampling_ratio``² samples of a bin are the innermost axis of the sampling
+    grid, so their mean is a contiguous reduction. The result is float32 in channels-last memory (what the RoI
+    conv wants), and no intermediate depends on more than one image.
+    """
+    rois = rois.float()
+    device = rois.device
+    s, r, k, levels = output_size, sampling_ratio, len(rois), len(features)
+    scale = torch.tensor(spatial_scales, dtype=torch.float32, device=device)[:, None]  # [L, 1]
+    height = torch.tensor([f.shape[-2] for f in features], dtype=torch.float32, device=device)[:, None, None]
+    width = torch.tensor([f.shape[-1] for f in features], dtype=torch.float32, device=device)[:, None, None]
+    # the sample positions of _sample_positions, for every level at once (same arithmetic order)
+    start_w = rois[:, 1] * scale - 0.5
+    start_h = rois[:, 2] * scale - 0.5
+    bin_w = (rois[:, 3] * scale - 0.5 - start_w) / output_size
+    bin_h = (rois[:, 4] * scale - 0.5 - start_h) / output_size
+    p = torch.arange(output_size, device=device, dtype=torch.float32).repeat_interleave(sampling_ratio)
+    i = torch.arange(sampling_ratio, device=device, dtype=torch.float32).repeat(output_size)
+    ys = start_h[..., None] + p * bin_h[..., None] + (i + 0.5) * bin_h[..., None] / sampling_ratio  # [L, K, s*r]
+    xs = start_w[..., None] + p * bin_w[..., None] + (i + 0.5) * bin_w[..., None] / sampling_ratio
+    inside = (((ys >= -1.0) & (ys <= height)).view(levels, k, s, 1, r, 1)
+              & ((xs >= -1.0) & (xs <= width)).view(levels, k, 1, s, 1, r))
+    weight = inside.reshape(levels, k * s * s, r * r).float() / float(r * r)
+    gy = ((2 * torch.minimum(ys.clamp(min=0), height - 1) + 1) / height - 1).view(levels, k, s, 1, r, 1)
+    gx = ((2 * torch.minimum(xs.clamp(min=0), width - 1) + 1) / width - 1).view(levels, k, 1, s, 1, r)
+    shape = (levels, k, s, s, r, r)
+    grid = torch.stack([gx.expand(shape), gy.expand(shape)], dim=-1).reshape(levels, k * s * s, r * r, 2)
+    batch_size = features[0].shape[0]
+    if batch_size == 1:
+        pooled = torch.cat([(F.grid_sample(f.float(), grid[lvl, None], mode="bilinear", padding_mode="border",
+                                           align_corners=False)[0] * weight[lvl]).sum(-1)
+                            for lvl, f in enumerate(features)])  # [sum(C), K*s*s]
+        return pooled.t().contiguous().view(k, s, s, -1).permute(0, 3, 1, 2)
+    out = torch.empty(k, s, s, sum(f.shape[1] for f in features), device=device)
+    batch = rois[:, 0].long()
+    for b in range(batch_size):
+        rows = (batch == b).nonzero().flatten()
+        if len(rows):
+            sub = roi_align_levels([f[b : b + 1] for f in features], torch.cat([torch.zeros_like(rois[rows, :1]),
+                                   rois[rows, 1:]], dim=1), output_size, spatial_scales, sampling_ratio)
+            out[rows] = sub.permute(0, 2, 3, 1)
+    return out.permute(0, 3, 1, 2)
+
+
 def sine_embed(values: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
     """Interleaved sin/cos embedding of values already scaled to radians: [..., D] -> [..., D * num_feats].
 
@@ -281,3 +347,38 @@ def sine_embed(values: torch.Tensor, num_feats: int, temperature: float = 10000.
     pos = values.float()[..., None] / dim_t
     pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
     return pos.flatten(-2)
+
+
+def multi_scale_deformable_sampling(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Deformable-DETR attention sampling (transformers' pure-torch ``MultiScaleDeformableAttention``).
+
+    value [B, sum(H*W), heads, d]; sampling_locations [B, Q, heads, levels, points, 2] in [0, 1];
+    attention_weights [B, Q, heads, levels, points] -> [B, Q, heads * d]. Bilinear, zero padding,
+    align_corners False.
+
+    Differs from transformers' version only in what ``grid_sample`` gets: contiguous inputs always, and float32
+    on the CPU for half types. torch's CPU ``grid_sample`` returns garbage (up to 1e38, or NaN) for bf16/fp16
+    inputs that are not contiguous (which the reshape of ``value`` produces), and is imprecise for contiguous
+    bf16 (max error 0.6 on unit-scale values); on CUDA it is exact in the input dtype.
+    """
+    dtype = value.dtype
+    if value.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        value, sampling_locations = value.float(), sampling_locations.float()
+        attention_weights = attention_weights.float()
+    batch, _, heads, dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
+    grids = 2 * sampling_locations - 1
+    samples = []
+    for level, (h, w) in enumerate(spatial_shapes):
+        v = per_level[level].flatten(2).transpose(1, 2).reshape(batch * heads, dim, h, w).contiguous()
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1).contiguous()
+        samples.append(F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
+    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1).view(batch, heads * dim, queries)
+    return out.transpose(1, 2).contiguous().to(dtype)

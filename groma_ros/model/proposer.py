@@ -24,7 +24,7 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
     DeformableDetrEncoderLayer,
 )
 
-from .ops import inverse_sigmoid, sine_embed
+from .ops import inverse_sigmoid, multi_scale_deformable_sampling, sine_embed
 
 
 class ChannelLayerNorm(nn.Module):
@@ -59,6 +59,22 @@ class BoxHead(nn.Module):
             if i < len(self.layers) - 1:
                 x = nn.functional.relu(x)
         return x
+
+
+class DeformableSampling(nn.Module):
+    """Stands in for transformers' ``MultiScaleDeformableAttention`` (the parameter-free sampling step inside
+    each deformable-attention layer; same call signature): ``ops.multi_scale_deformable_sampling``, which
+    gives the CPU kernel inputs it computes correctly in bf16/fp16."""
+
+    def forward(self, value, spatial_shapes, spatial_shapes_list, level_start_index, sampling_locations,
+                attention_weights, im2col_step=None):
+        return multi_scale_deformable_sampling(value, spatial_shapes_list, sampling_locations, attention_weights)
+
+
+def _use_our_sampling(layers: list[nn.Module], attribute: str) -> list[nn.Module]:
+    for layer in layers:
+        getattr(layer, attribute).attn = DeformableSampling()
+    return layers
 
 
 class _Layers(nn.Module):
@@ -98,8 +114,10 @@ class GromaDeformableTransformer(nn.Module):
         config._attn_implementation = "eager"  # decoder self-attention: plain softmax attention, as in 4.32
         self.config = config
         d = config.d_model
-        self.encoder = _Layers([DeformableDetrEncoderLayer(config) for _ in range(config.encoder_layers)])
-        self.decoder = _Layers([DeformableDetrDecoderLayer(config) for _ in range(config.decoder_layers)])
+        self.encoder = _Layers(_use_our_sampling(
+            [DeformableDetrEncoderLayer(config) for _ in range(config.encoder_layers)], "self_attn"))
+        self.decoder = _Layers(_use_our_sampling(
+            [DeformableDetrDecoderLayer(config) for _ in range(config.decoder_layers)], "encoder_attn"))
         self.level_embed = nn.Parameter(torch.zeros(config.num_feature_levels, d))
         self.query_position_embeddings = nn.Embedding(config.num_queries, d)
         self.enc_output = nn.Linear(d, d)
@@ -203,7 +221,12 @@ class GromaPerceiver(nn.Module):
 
     def propose(self, hidden_states: list[torch.Tensor], grid: int) -> tuple[ProposerOutput, torch.Tensor]:
         """Proposals from the mean of the last 4 hidden states (CLS dropped); also returns that mean."""
+        source, feats = self.proposer_source(hidden_states, grid)
+        return self.ddetr_transformer(source), feats
+
+    def proposer_source(self, hidden_states: list[torch.Tensor], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the projected [B, d, g, g] proposer input, the mean of the last 4 states it came from)."""
         feats = torch.stack(hidden_states[-4:]).mean(dim=0)[:, 1:]
         batch, _, dim = feats.shape
         source = self.input_proj[0](feats.reshape(batch, grid, grid, dim).permute(0, 3, 1, 2).contiguous())
-        return self.ddetr_transformer(source), feats
+        return source, feats

@@ -4,16 +4,27 @@ Two stages so several region sets can reuse one image: ``fuse`` builds three fus
 three vision hidden states (done once per image), ``forward`` pools boxes from them into LLM-width tokens.
 Widths 256 (box-position MLP), 1024 (RoI feature) and 4096 (output) were hard-coded upstream; here they are
 ``region_pos_dim``, ``region_feat_dim`` and ``region_out_dim`` with those defaults.
+
+Two implementations of the same function (``GromaRegionEncoder.implementation``): ``"fast"`` (default) keeps
+every map channels-last (NHWC) so the 3x3 convs and the resizes run the CPU's fast NHWC kernels, samples RoIs
+with one ``grid_sample`` per level (``ops.roi_align_levels``) and applies the three per-level RoI convs as one
+conv over their concatenated channels; ``"reference"`` is the direct transcription (NCHW, gather RoIAlign),
+kept to check the fast one against and to measure it (``benchmarks/engine_latency.py``). Both pass the parity
+fixture; they differ by float rounding (region tokens max 2e-5 on the fixture).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .configuration_groma import GromaConfig
-from .ops import cxcywh_to_xyxy, roi_align
+from .ops import cxcywh_to_xyxy, roi_align, roi_align_levels
+
+RegionImplementation = Literal["fast", "reference"]
 
 
 class ConvGNReLU(nn.Module):
@@ -55,7 +66,10 @@ class MultiLevelFuse(nn.Module):
         )
         return torch.stack([x, y])[None].expand(b, -1, -1, -1).to(feat.dtype)
 
-    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor], channels_last: bool = False) -> list[torch.Tensor]:
+        """``channels_last``: the fast form (``_forward_nhwc``), same values up to float rounding."""
+        if channels_last:
+            return self._forward_nhwc(feats)
         feats = [
             conv(torch.cat([f, self._coords(f)], dim=1))
             for conv, f in zip(self.input_conv, feats, strict=True)
@@ -74,6 +88,58 @@ class MultiLevelFuse(nn.Module):
                 fused.append(fuse(torch.cat([tar[:, : self.remain], top, down], dim=1)))
             feats = fused
         return feats
+
+    def _forward_nhwc(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The same rounds with every map in NHWC memory (the CPU's fast conv and resize layout); the input
+        1x1 convs as matrix products with the coordinate channels' constant term added, a level's own
+        channels taken as they are instead of resized to their own size (an exact identity), and the finest
+        level's last quarter of channels not computed where nothing reads them (every round but the last:
+        a quarter of its conv, which is 3/4 of all fuse arithmetic)."""
+        maps = []
+        for conv, f in zip(self.input_conv, feats, strict=True):
+            b, c, h, w = f.shape
+            weight = conv.weight.reshape(conv.out_channels, c + 2)
+            coords = self._coords(f)[0].permute(1, 2, 0).reshape(h * w, 2)
+            constant = torch.addmm(conv.bias, coords, weight[:, c:].t())  # [h*w, D], the same for every image
+            pixels = f.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            out = torch.stack([torch.addmm(constant, p, weight[:, :c].t()) for p in pixels])
+            maps.append(out.view(b, h, w, -1).permute(0, 3, 1, 2))  # NCHW view of NHWC memory
+        last, rounds = self.num_levels - 1, len(self.fuse_convs)
+        top, down = slice(self.remain + self.quarter, None), slice(self.remain, self.remain + self.quarter)
+        half = maps[0].dtype != torch.float32
+        for round_index, fuse in enumerate(self.fuse_convs):
+            weight, gn = fuse.conv.weight, fuse.gn
+            skip = round_index < rounds - 1 and self._top_channels_unused(fuse)
+            keep = self.remain + self.quarter if skip else self.dims
+            fused = []
+            for lvl, tar in enumerate(maps):
+                size = tar.shape[-2:]
+                parts = [tar[:, : self.remain].permute(0, 2, 3, 1)]
+                for src, channels in ((min(lvl + 1, last), top), (max(lvl - 1, 0), down)):
+                    part = maps[src][:, channels]
+                    if src != lvl:  # a channel slice is no NHWC tensor to the kernels: make it one first
+                        part = (part.float() if half else part).contiguous(memory_format=torch.channels_last)
+                        part = F.interpolate(part, size=size, mode="bilinear", align_corners=True)
+                        part = part.to(tar.dtype) if half else part
+                    parts.append(part.permute(0, 2, 3, 1))
+                # concatenated along the innermost (channel) axis of the NHWC memory, then seen as NCHW again
+                stacked = torch.cat(parts, dim=3).permute(0, 3, 1, 2)
+                if lvl == 0 and skip:
+                    # level 0's channels [3D/4, D) feed no one before the last round (the level above takes its
+                    # "top" part from level 1): skip their conv; their GroupNorm groups are separate ones
+                    out = F.conv2d(stacked, weight[:keep], None, 1, 1)
+                    out = F.group_norm(out, gn.num_groups * keep // self.dims, gn.weight[:keep], gn.bias[:keep],
+                                       gn.eps)
+                else:
+                    out = F.group_norm(F.conv2d(stacked, weight, None, 1, 1), gn.num_groups, gn.weight, gn.bias,
+                                       gn.eps)
+                fused.append(torch.relu_(out))
+            maps = fused
+        return maps
+
+    def _top_channels_unused(self, fuse: ConvGNReLU) -> bool:
+        """Whether the skipped channels form whole GroupNorm groups (then skipping them is exact)."""
+        return self.quarter % (self.dims // fuse.gn.num_groups) == 0 and self.num_levels > 1
 
 
 class RoIHead(nn.Module):
@@ -107,16 +173,44 @@ class GromaRegionEncoder(nn.Module):
         self.convention = config.region_box_convention
         self.mlvl_fuse = MultiLevelFuse(dims, config.region_gn_groups)
         self.roi_align = RoIHead(config, dims)
+        self.implementation: RegionImplementation = "fast"
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.lay_out_weights_())
+
+    def set_implementation(self, name: RegionImplementation) -> None:
+        """Switch between ``"fast"`` and ``"reference"`` (both exact; see the module docstring)."""
+        if name not in ("fast", "reference"):
+            raise ValueError(f"implementation must be 'fast' or 'reference', got {name!r}")
+        self.implementation = name
+        self.lay_out_weights_()
+
+    @torch.no_grad()
+    def lay_out_weights_(self) -> None:
+        """Conv weights NHWC for ``fast`` (NHWC convs reorder NCHW weights on every call), NCHW for
+        ``reference``; same values. Runs after every ``load_state_dict``; call it after building weights any
+        other way."""
+        layout = torch.channels_last if self.implementation == "fast" else torch.contiguous_format
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) and not module.weight.is_meta:
+                module.weight.data = module.weight.data.contiguous(memory_format=layout)
 
     def fuse(self, hidden_states: list[torch.Tensor], grid: int) -> list[torch.Tensor]:
         """Last three hidden states (CLS dropped) -> three fused maps of sizes 4g, 2g, g ([B, D, s, s])."""
+        return self.mlvl_fuse(self.fuse_inputs(hidden_states, grid), channels_last=self._fast())
+
+    def fuse_inputs(self, hidden_states: list[torch.Tensor], grid: int) -> list[torch.Tensor]:
+        """The three per-level maps ``mlvl_fuse`` starts from (the last states resized to 4g, 2g, g)."""
         maps = []
         for state, size in zip(hidden_states[-3:], self.level_sizes, strict=True):
             b, _, d = state.shape
             feat = state[:, 1:].reshape(b, grid, grid, d).permute(0, 3, 1, 2)
             feat = F.interpolate(feat.float(), size=(size, size), mode="bilinear", align_corners=True)
             maps.append(feat.to(state.dtype))
-        return self.mlvl_fuse(maps)
+        return maps
+
+    def _fast(self) -> bool:
+        if self.implementation not in ("fast", "reference"):
+            raise ValueError(f"implementation must be 'fast' or 'reference', got {self.implementation!r}")
+        return self.implementation == "fast"
 
     def rois(self, boxes_cxcywh: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
         """[K, 5] RoIs in image pixels. ``original`` passes cx,cy,w,h as if they were x1,y1,x2,y2 (bug
@@ -141,10 +235,17 @@ class GromaRegionEncoder(nn.Module):
             batch_index = torch.zeros(len(boxes_cxcywh), dtype=torch.long, device=boxes_cxcywh.device)
         rois = self.rois(boxes_cxcywh, batch_index)
         dtype = maps[0].dtype
-        pooled = None
-        for lvl, (feat, scale) in enumerate(zip(maps, self.spatial_scales, strict=True)):
-            roi = roi_align(feat, rois, head.output_size, scale, sampling_ratio=2).to(dtype)
-            out = head.pconvs[lvl](roi)
-            pooled = out if pooled is None else pooled + out
+        if self._fast():
+            # sum over levels of conv_l(roi_l) == one conv over the levels' channels stacked (weights likewise)
+            rois_all = roi_align_levels(maps, rois, head.output_size, list(self.spatial_scales), 2).to(dtype)
+            weight = torch.cat([conv.weight for conv in head.pconvs], dim=1)
+            bias = sum(conv.bias for conv in head.pconvs)
+            pooled = F.conv2d(rois_all, weight, bias, padding=1)
+        else:
+            pooled = None
+            for lvl, (feat, scale) in enumerate(zip(maps, self.spatial_scales, strict=True)):
+                roi = roi_align(feat, rois, head.output_size, scale, sampling_ratio=2).to(dtype)
+                out = head.pconvs[lvl](roi)
+                pooled = out if pooled is None else pooled + out
         pooled = F.relu(pooled).flatten(1)
         return head.flatten_linear(pooled) + head.pos_embedd(boxes_cxcywh.to(dtype))

@@ -38,6 +38,7 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
@@ -76,6 +77,8 @@ ANSWER_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityP
 RESULTS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 DEBUG_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
 DEACTIVATE_WAIT_S = 30.0
+SIGNAL_POLL_S = 0.2
+SHUTDOWN_FLUSH_S = 0.5
 
 
 @dataclass
@@ -287,7 +290,7 @@ class GromaNode(LifecycleNode):
         engine = GromaEngine.from_pretrained(
             p.model_path or None, device=p.model_device, dtype=p.model_dtype,
             num_threads=p.model_num_threads or None, cache_frames=p.model_cache_frames, progress=False,
-            decode=p.model_decode)
+            decode=p.model_decode, quantization=p.model_quantization)
         self.get_logger().info(f"model {engine.model_id} loaded in {time.monotonic() - t0:.1f} s")
         if p.model_decode == "compiled":  # pay the compilation now, not on the first spoken command
             t0 = time.monotonic()
@@ -782,7 +785,10 @@ def _empty_device_cache() -> None:
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``groma_node``: ``groma_node --ros-args --params-file config/groma.yaml -r image:=...``."""
-    rclpy.init(args=args)
+    # The node handles SIGINT/SIGTERM itself: rclpy's handler shuts the context down at once, after which the
+    # answers owed to queued and running queries could no longer be sent. Here they are answered CANCELED first.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _interrupt)
     node = GromaNode()
     if node.get_parameter("autostart").value:
         if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
@@ -793,22 +799,31 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)  # wakes at least this often to notice a signal
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # Ctrl-C under `ros2 launch` reaches the node twice (the terminal's and launch's own SIGINT): the second
-        # must not interrupt the clean shutdown below; launch escalates to SIGTERM/SIGKILL if it ever hangs.
+        # Ctrl-C under `ros2 launch` arrives twice (the terminal's and launch's own SIGINT): the second must not
+        # interrupt the clean shutdown; launch escalates to SIGKILL if it ever hangs.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             node.trigger_shutdown()  # from any state: answers pending queries CANCELED, frees the model
-        except Exception:  # noqa: BLE001 - best effort on the way out (the context may be gone already)
+            end = time.monotonic() + SHUTDOWN_FLUSH_S
+            while time.monotonic() < end:  # goal coroutines send their CANCELED results; DDS delivers the answers
+                executor.spin_once(timeout_sec=0.05)
+        except Exception:  # noqa: BLE001 - best effort on the way out
             pass
         executor.shutdown()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("model.decode", "auto", "LLM decoding: auto (static on a GPU, dynamic on the CPU), dynamic, static, "
               "compiled (GPU: one CUDA graph per token; compiled at activation).",
               choices=("auto", "dynamic", "static", "compiled")),
+    ParamSpec("model.quantization", "none", "Weight-only quantization of the LLM linears (torchao): none, int8, "
+              "int4 (on a GPU: 4-bit packed, needs model.dtype bfloat16).", choices=("none", "int8", "int4")),
     ParamSpec("model.num_threads", 0, "CPU threads for torch; 0 = automatic.", min=0, max=256),
     ParamSpec("model.cache_frames", 4, "Frames whose perception (regions + prompt KV cache) is kept.", min=1, max=64),
     ParamSpec("image_transport", "raw", "Subscribe to `image` (raw) or `image/compressed`.",
@@ -112,6 +114,7 @@ class NodeParams:
     model_device: str
     model_dtype: str
     model_decode: str
+    model_quantization: str
     model_num_threads: int
     model_cache_frames: int
     image_transport: str

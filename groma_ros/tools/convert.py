@@ -1,8 +1,9 @@
 """Convert a Groma checkpoint directory (released ``pytorch_model.bin`` or ours) to safetensors.
 
-``python -m groma_ros.tools.convert SRC DST --dtype bf16`` loads SRC with the model's own loader (so every
-key is checked), casts to fp32/bf16/fp16 and writes ``DST/config.json`` + ``model*.safetensors`` in our
-naming. Tokenizer / generation / preprocessor files are copied along.
+``python -m groma_ros.tools.convert SRC DST --dtype bf16`` checks every key as the model's loader does, then
+casts and writes one tensor at a time (the source is mapped, never read whole), so converting the 29.5 GB
+fp32 7B needs about one tensor of memory. Writes ``DST/config.json`` + ``model*.safetensors`` in our naming;
+tokenizer / generation / preprocessor files are copied along.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ COPY_FILES = (
 
 
 def convert(src: Path, dst: Path, dtype: str = "bf16", max_shard_gb: float = 5.0) -> Path:
-    from groma_ros.model import GromaForConditionalGeneration
+    from groma_ros.model.checkpoint import convert_checkpoint
 
     if Path(dst).resolve() == Path(src).resolve():
         raise ValueError("destination must differ from the source directory")
-    model = GromaForConditionalGeneration.from_pretrained(src, dtype=DTYPES[dtype], device="cpu")
-    model.save_pretrained(dst, max_shard_bytes=int(max_shard_gb * (1 << 30)))
+    convert_checkpoint(Path(src), Path(dst), DTYPES[dtype], max_shard_bytes=int(max_shard_gb * (1 << 30)))
     for name in COPY_FILES:
         if (Path(src) / name).is_file():
             shutil.copy2(Path(src) / name, Path(dst) / name)
@@ -46,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--max-shard-gb", type=float, default=5.0)
     args = parser.parse_args(argv)
-    out = convert(args.src, args.dst, args.dtype, args.max_shard_gb)
+    from groma_ros.model import CheckpointError
+
+    try:
+        out = convert(args.src, args.dst, args.dtype, args.max_shard_gb)
+    except (CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 

@@ -80,3 +80,38 @@ def test_warm_up_leaves_no_frame_behind(engine):
     warmed = GromaEngine(engine.model, engine.tokenizer, decode="static")
     warmed.warm_up()
     assert len(warmed.frames) == 0 and warmed._decoder.cache is not None  # KV buffer allocated up front
+
+
+def test_compiled_perception_gives_the_same_answers(engine, image):
+    """``decode="compiled"`` on a GPU also compiles perception (image graph, region buckets, prefix prefill).
+    Captured as whole graphs and run with the eager backend here: the same tokens and logits as eager."""
+    import copy
+
+    model = copy.deepcopy(engine.model)
+    torch._dynamo.reset()
+    model.compile_perception(mode=None, backend="eager", warm_up=False)
+    try:
+        compiled = GromaEngine(model, engine.tokenizer, decode="dynamic")
+        plain = GromaEngine(engine.model, engine.tokenizer, decode="dynamic")
+        for (ref_tokens, ref_logits), (tokens, logits) in zip(_answers(plain, image), _answers(compiled, image),
+                                                              strict=True):
+            assert tokens == ref_tokens
+            for a, b in zip(ref_logits, logits, strict=True):
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+        prefix = compiled.perceive(image, "p").base
+        embeds = model.build_inputs_embeds(prefix.prefix_ids, compiled.perceive(image, "p").vision.image_tokens[0],
+                                           prefix.region_tokens)
+        cache = model.prefill_prefix(embeds)  # the compiled prefix prefill reproduces the engine's prefix cache
+        for a, b in zip(cache.layers, prefix.cache.layers, strict=True):
+            torch.testing.assert_close(a.keys, b.keys, rtol=1e-4, atol=1e-4)
+    finally:
+        torch._dynamo.reset()
+
+
+def _answers(engine, image) -> list[tuple[list[int], list[torch.Tensor]]]:
+    out = []
+    for task, query, boxes in QUERIES:
+        _, trace = engine._ask(image, query, task=task, boxes=boxes, frame_id="f", max_new_tokens=6,
+                               keep_logits=True)
+        out.append((trace.generation.token_ids, trace.generation.step_logits))
+    return out

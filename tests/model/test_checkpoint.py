@@ -6,7 +6,13 @@ import pickle
 import pytest
 import torch
 
-from groma_ros.model import CheckpointError, GromaConfig, GromaForConditionalGeneration, to_release_state_dict
+from groma_ros.model import (
+    CheckpointError,
+    CheckpointRefusedError,
+    GromaConfig,
+    GromaForConditionalGeneration,
+    to_release_state_dict,
+)
 from groma_ros.model.checkpoint import build_empty, read_checkpoint
 from groma_ros.testing.checkpoints import make_random_checkpoint, random_release_state_dict, tiny_config
 
@@ -236,11 +242,80 @@ def test_bf16_and_fp16_load_on_cpu(tiny_dir):
         assert (logits.float() - ref).abs().max() < 0.5
 
 
-def test_quantization_without_bitsandbytes_is_a_clear_error(tiny_dir):
-    with pytest.raises((RuntimeError, ValueError), match="bitsandbytes|CUDA|quantization"):
-        GromaForConditionalGeneration.from_pretrained(tiny_dir, quantization="4bit")
-    with pytest.raises(ValueError, match="quantization"):
-        GromaForConditionalGeneration.from_pretrained(tiny_dir, quantization="3bit")
+def test_unknown_quantization_is_refused_before_reading(tiny_dir):
+    for bad in ("4bit", "nf4", "int3"):
+        with pytest.raises(ValueError, match="quantization must be one of none, int8, int4"):
+            GromaForConditionalGeneration.from_pretrained(tiny_dir, quantization=bad)
+
+
+@pytest.mark.parametrize("content,reason", [
+    ("half", "PytorchStreamReader failed reading zip archive"),
+    ("text", "truncated, corrupt or not a weight file"),
+    ("empty", "truncated, corrupt or not a weight file"),
+])
+def test_unreadable_bin_says_so_and_is_no_refusal(tiny_dir, tmp_path, content, reason):
+    data = (tiny_dir / "pytorch_model.bin").read_bytes()
+    blob = {"half": data[: len(data) // 2], "text": b"hello world " * 64, "empty": b""}[content]
+    (tmp_path / "config.json").write_text((tiny_dir / "config.json").read_text())
+    (tmp_path / "pytorch_model.bin").write_bytes(blob)
+    with pytest.raises(CheckpointError) as err:
+        GromaForConditionalGeneration.from_pretrained(tmp_path)
+    assert type(err.value) is CheckpointError
+    assert str(err.value).startswith(f"cannot read {tmp_path / 'pytorch_model.bin'}: ") and reason in str(err.value)
+
+
+def test_bad_safetensors_header_is_named(tiny_dir, tmp_path):
+    (tmp_path / "config.json").write_text((tiny_dir / "config.json").read_text())
+    (tmp_path / "model.safetensors").write_bytes((9).to_bytes(8, "little") + b"{nonsense")
+    with pytest.raises(CheckpointError, match="the safetensors header is not JSON"):
+        GromaForConditionalGeneration.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes((10**6).to_bytes(8, "little") + b"{}")
+    with pytest.raises(CheckpointError, match="runs past the end of the file"):
+        GromaForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_refusals_have_their_own_type(tmp_path):
+    (tmp_path / "config.json").write_text(tiny_config().to_json_string())
+    with open(tmp_path / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"a": Evil()}, f, protocol=2)
+    with pytest.raises(CheckpointRefusedError):
+        GromaForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_our_writer_and_reader_interoperate_with_the_safetensors_library(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from groma_ros.model.weight_files import read_safetensors, write_safetensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a.weight": torch.randn(3, 5, generator=g).to(torch.bfloat16), "b": torch.arange(7, dtype=torch.int64),
+               "c.scalar": torch.tensor(2.5), "d.empty": torch.zeros(0, 4, dtype=torch.float16),
+               "e.mask": torch.tensor([True, False, True])}
+    write_safetensors(tmp_path / "ours.safetensors", [(k, v.shape, v.dtype) for k, v in tensors.items()],
+                      tensors.__getitem__, {"format": "pt"})
+    with safe_open(str(tmp_path / "ours.safetensors"), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(tensors) and f.metadata() == {"format": "pt"}
+        for k, v in tensors.items():
+            assert torch.equal(f.get_tensor(k), v) and f.get_tensor(k).dtype == v.dtype, k
+    save_file(tensors, str(tmp_path / "theirs.safetensors"))
+    read, _ = read_safetensors(tmp_path / "theirs.safetensors")
+    assert sorted(read) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(read[k], v) and read[k].dtype == v.dtype, k
+    with pytest.raises(ValueError, match="produced"):
+        write_safetensors(tmp_path / "bad.safetensors", [("x", (2,), torch.float32)], lambda k: torch.zeros(3))
+    assert not (tmp_path / "bad.safetensors").exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_loaded_tensors_are_private_copies_never_writing_the_file(tiny_dir, tmp_path):
+    """Weights loaded as they are stored map the file copy-on-write: changing the model leaves the file alone."""
+    before = (tiny_dir / "pytorch_model.bin").read_bytes()
+    model = GromaForConditionalGeneration.from_pretrained(tiny_dir)
+    model.llm.lm_head.weight.data.add_(1.0)
+    assert (tiny_dir / "pytorch_model.bin").read_bytes() == before
+    again = GromaForConditionalGeneration.from_pretrained(tiny_dir)
+    assert not torch.equal(again.llm.lm_head.weight, model.llm.lm_head.weight)
 
 
 def test_release_names_round_trip_through_state_dict():

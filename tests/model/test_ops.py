@@ -5,7 +5,15 @@ import random
 import pytest
 import torch
 
-from groma_ros.model.ops import box_iou, cxcywh_to_xyxy, descending_order, first_argmax, nms, roi_align
+from groma_ros.model.ops import (
+    box_iou,
+    cxcywh_to_xyxy,
+    descending_order,
+    first_argmax,
+    nms,
+    roi_align,
+    roi_align_sampled,
+)
 
 
 def _bilinear(feat, y, x):
@@ -52,7 +60,8 @@ def _roi_align_reference(feats, roi, size, scale, ratio):
     return out
 
 
-def test_roi_align_matches_mmcv_cuda_semantics():
+@pytest.mark.parametrize("implementation", ["roi_align", "roi_align_sampled"])
+def test_roi_align_matches_mmcv_cuda_semantics(implementation):
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(2, 3, 9, 11, generator=g)
     rois = torch.tensor(
@@ -63,7 +72,11 @@ def test_roi_align_matches_mmcv_cuda_semantics():
             [1, 19.5, 17.0, 21.0, 18.0],  # clamps at the last row/column
         ]
     )
-    out = roi_align(feats, rois, output_size=4, spatial_scale=0.5, sampling_ratio=2, max_elements=50)
+    if implementation == "roi_align":
+        out = roi_align(feats, rois, output_size=4, spatial_scale=0.5, sampling_ratio=2, max_elements=50)
+    else:
+        out = roi_align_sampled(feats, rois, output_size=4, spatial_scale=0.5, sampling_ratio=2)
+    assert out.shape == (4, 3, 4, 4)
     for i, roi in enumerate(rois):
         ref = _roi_align_reference(feats, roi, 4, 0.5, 2)
         assert torch.allclose(out[i].double(), ref, atol=1e-5), i

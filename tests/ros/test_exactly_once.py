@@ -219,3 +219,31 @@ def test_every_lifecycle_state_answers(model_dir, ros_context, tmp_path):
         stop_node(proc)
         peer.close()
     assert not escaped_exceptions(log.read_text()), log.read_text()
+
+
+def test_ctrl_c_answers_running_and_waiting_queries_before_exit(ros_context, tmp_path):
+    model = make_tiny_model_dir(tmp_path / "endless", endless=True)
+    log = tmp_path / "node.log"
+    proc = start_node(model, log, "-p", "queue_size:=8", "-p", "max_image_age_s:=0.0", node_name="groma_ctrl_c")
+    peer = HostilePeer("ctrl_c_client", "groma_ctrl_c")
+    try:
+        assert peer.wait_active(), log.read_text()
+        peer.publish_frame(settle_s=0.3)
+        [running] = peer.send_goals([Ground.Goal(query="a long story", task=GroundedAnswer.VQA, max_new_tokens=1000)])
+        assert peer.spin_until(running.done, 20)
+        result = running.result().get_result_async()
+        texts = [f"waiting {i}" for i in range(5)]
+        for text in texts:
+            peer.query.publish(String(data=text))
+        peer.pause(0.5)
+        proc.send_signal(2)  # Ctrl-C
+        assert peer.spin_until(lambda: result.done() and all(peer.answers_by_text(texts).values()), 20), \
+            log.read_text()[-3000:]
+        assert result.result().result.answer.status == GroundedAnswer.CANCELED
+        assert all(len(v) == 1 and v[0].status == GroundedAnswer.CANCELED
+                   for v in peer.answers_by_text(texts).values())
+        assert proc.wait(15) == 0
+    finally:
+        stop_node(proc)
+        peer.close()
+    assert not escaped_exceptions(log.read_text()), log.read_text()

@@ -90,6 +90,7 @@ class CompiledPerception:
         padded = torch.cat([boxes, boxes[:1].expand(bucket - k, -1)]) if bucket > k else boxes
         return self._regions(tuple(maps), padded.contiguous())[:k].clone()
 
+    @torch.inference_mode()  # the static buffer is made and overwritten here only: always as inference tensors
     def prefill_prefix(self, embeds: torch.Tensor) -> DynamicCache | None:
         """The prefix's KV as a fresh ``DynamicCache``, or None when it exceeds the static buffer."""
         model = self.model

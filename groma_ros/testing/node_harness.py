@@ -182,6 +182,19 @@ class Peer:
             self.pause(settle_s)
         return msg.header
 
+    def publish_until_seen(self, image: np.ndarray | None = None, tries: int = 30, **kwargs: Any) -> Any:
+        """Publish a frame until the node answers a DETECT probe on it (a real camera streams; the first frames
+        after discovery, or under load, may be lost on the best-effort subscription); returns its header."""
+        from groma_ros.action import Ground
+        from groma_ros.msg import GroundedAnswer
+
+        for _ in range(tries):
+            header = self.publish_frame(image, settle_s=0.1, **kwargs)
+            probe = self.result_of(self.send_goal(Ground.Goal(task=GroundedAnswer.DETECT)))
+            if probe.header == header:
+                return header
+        raise AssertionError(f"no frame reached the node in {tries} tries")
+
     def ask(self, text: str, timeout: float = 60.0) -> Any:
         """Publish on ~/query and return the first answer to this text (the caller checks it is the only one)."""
         from std_msgs.msg import String

@@ -38,13 +38,7 @@ def talk(tmp_path_factory):
 
 
 def _frame(peer: Peer, seed: int):
-    """Publish a frame and return its header once the node answers on it (the first frames may be lost)."""
-    for _ in range(20):
-        header = peer.publish_frame(scene_image(seed=seed), settle_s=0.1)
-        probe = peer.result_of(peer.send_goal(Ground.Goal(task=GroundedAnswer.DETECT)))
-        if probe.header == header:
-            return header
-    raise AssertionError("frames never reached the node")
+    return peer.publish_until_seen(scene_image(seed=seed))
 
 
 def _turn(peer: Peer, query: str, conversation_id: str, **goal) -> GroundedAnswer:

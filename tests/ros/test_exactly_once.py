@@ -59,9 +59,22 @@ class HostilePeer(Peer):
             by_text[answer.query].append(answer)
         return {t: by_text.get(t, []) for t in texts}
 
+    def handshake(self) -> None:
+        """Until the node has matched this client's response readers, DDS drops its replies (discovery is not
+        symmetric: ``wait_for_server`` only says the client sees the server). Probe until a reply comes back."""
+        assert self.deep_action.wait_for_server(timeout_sec=20)
+        for attempt in range(20):
+            probe = self.deep_action.send_goal_async(Ground.Goal(query=f"handshake {attempt}", camera="no-such"))
+            if self.spin_until(probe.done, 1.0):
+                probe.result().get_result_async()
+                return
+        raise AssertionError("the action server never replied")
+
     def send_goals(self, goals: list[Ground.Goal], cancel_on_accept: bool = False) -> list:
         """Send all goals at once; returns their goal-response futures (cancels each as soon as accepted)."""
-        assert self.deep_action.wait_for_server(timeout_sec=20)
+        if not getattr(self, "_shook_hands", False):
+            self.handshake()
+            self._shook_hands = True
         futures = [self.deep_action.send_goal_async(g) for g in goals]
         if cancel_on_accept:
             for f in futures:
@@ -228,7 +241,7 @@ def test_ctrl_c_answers_running_and_waiting_queries_before_exit(ros_context, tmp
     peer = HostilePeer("ctrl_c_client", "groma_ctrl_c")
     try:
         assert peer.wait_active(), log.read_text()
-        peer.publish_frame(settle_s=0.3)
+        peer.publish_until_seen()
         [running] = peer.send_goals([Ground.Goal(query="a long story", task=GroundedAnswer.VQA, max_new_tokens=1000)])
         assert peer.spin_until(running.done, 20)
         result = running.result().get_result_async()

@@ -300,9 +300,8 @@ class GromaNode(LifecycleNode):
 
     def _subscribe(self, camera: CameraInput) -> None:
         subs = self._camera_subscriptions
-        image_type = CompressedImage if camera.settings.image_transport == "compressed" else Image
-        subs.append(self.create_subscription(image_type, camera.image_topic, camera.on_image,
-                                             qos_profile_sensor_data, callback_group=self._camera_group))
+        subs.append(self.create_subscription(camera.image_type, camera.image_topic, camera.on_image,
+                                             qos_profile_sensor_data, callback_group=self._camera_group, raw=True))
         lifter = camera.lifter
         if lifter is not None:
             for msg_type, topic, callback in ((CameraInfo, "camera_info", lifter.on_camera_info),
@@ -623,7 +622,7 @@ class GromaNode(LifecycleNode):
         key = (target.camera.name, target.frame.seq)
         if self._last_decoded is not None and self._last_decoded[0] == key:
             return self._last_decoded[1]
-        msg = target.frame.msg
+        msg = target.frame.msg.message()
         rgb = compressed_to_rgb8(msg) if isinstance(msg, CompressedImage) else imgmsg_to_rgb8(msg)
         self._last_decoded = (key, rgb)
         return rgb
@@ -788,7 +787,8 @@ def main(args: list[str] | None = None) -> int:
     # The node handles SIGINT/SIGTERM itself: rclpy's handler shuts the context down at once, after which the
     # answers owed to queued and running queries could no longer be sent. Here they are answered CANCELED first.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (a background job)
+        signal.signal(signum, _interrupt)
     node = GromaNode()
     if node.get_parameter("autostart").value:
         if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:

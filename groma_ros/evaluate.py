@@ -66,7 +66,9 @@ def _gt_caption(sample: TextSample, boxes: np.ndarray) -> list[tuple[str, np.nda
 def evaluate_dialogue(engine: GromaEngine, perception, dialogue: Dialogue, gt: np.ndarray, acc: EvalAccumulator,
                       conversation_id: str) -> None:
     """Hold ``dialogue`` as one engine conversation (each turn sees the model's own earlier answers) and score
-    every turn: a referring turn by its first box, a question by exact match."""
+    every turn: a referring turn by its first box, a question by exact match. The second turn is also asked
+    alone, without the conversation: the baseline a model that ignores the history gets (a follow-up such as
+    "the one left of it" often names the object furthest that way, which needs no referent)."""
     try:
         for i, turn in enumerate(dialogue.turns):
             task, query, _ = engine_query(turn)
@@ -74,6 +76,9 @@ def evaluate_dialogue(engine: GromaEngine, perception, dialogue: Dialogue, gt: n
             if turn.task == "refer":
                 pairs = _item_boxes(answer)
                 acc.add_dialogue(i + 1, turn.kind, pairs[0][1] if pairs else None, gt[turn.answer_objects[0][0]])
+                if i == 1:
+                    alone = _item_boxes(engine.ask(perception, query, task=task))
+                    acc.add_dialogue(0, turn.kind, alone[0][1] if alone else None, gt[turn.answer_objects[0][0]])
             else:
                 acc.add_dialogue(i + 1, turn.kind, answer.text, turn.answer)
     finally:

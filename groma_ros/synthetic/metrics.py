@@ -213,7 +213,8 @@ class EvalAccumulator:
         self.multi = np.zeros(3, dtype=np.int64)  # tp, n_pred, n_gt
         self.caption = np.zeros(3, dtype=np.int64)
         self.qa: dict[str, dict[str, list[bool]]] = {"region_qa": defaultdict(list), "vqa": defaultdict(list)}
-        self.dialogue: dict[tuple[int, str], list[bool]] = defaultdict(list)  # (turn from 1, kind) -> correct
+        # (turn from 1, kind) -> correct; turn 0: a second turn asked alone, without the conversation (baseline)
+        self.dialogue: dict[tuple[int, str], list[bool]] = defaultdict(list)
 
     def add_proposals(self, kept: BoxLike | Sequence[BoxLike], gt: BoxLike | Sequence[BoxLike]) -> None:
         self.proposal.extend(proposal_hits(kept, gt, self.thr).tolist())
@@ -249,9 +250,9 @@ class EvalAccumulator:
         self.dialogue[(turn, kind)].append(bool(hit))
 
     def _dialogue_summary(self) -> dict[str, float]:
-        """``dialogue_refer``: second-turn referring accuracy (all follow-up kinds that point), with ``_n`` and per
-        kind; ``dialogue_attribute``: second-turn questions; ``dialogue_first`` / ``dialogue_turn3``: the other
-        turns."""
+        """``dialogue_refer``: second-turn referring accuracy (all follow-up kinds that point), with ``_n``, per
+        kind and ``_alone`` (the same follow-ups asked without the conversation); ``dialogue_attribute``:
+        second-turn questions; ``dialogue_first`` / ``dialogue_turn3``: the other turns."""
         if not self.dialogue:
             return {}
         d = self.dialogue
@@ -260,6 +261,9 @@ class EvalAccumulator:
              "dialogue_refer_n": float(sum(len(v) for v in second_refer.values()))}
         for kind, v in sorted(second_refer.items()):
             s[f"dialogue_refer_{kind}"] = _mean(v)
+        alone = [x for (t, _), v in d.items() if t == 0 for x in v]
+        if alone:
+            s["dialogue_refer_alone"] = _mean(alone)
         s["dialogue_attribute"] = _mean(d.get((2, "attribute"), []))
         s["dialogue_first"] = _mean([x for (t, _), v in d.items() if t == 1 for x in v])
         s["dialogue_turn3"] = _mean([x for (t, _), v in d.items() if t == 3 for x in v])
@@ -330,6 +334,8 @@ def _label(key: str) -> str:
              "dialogue_first": "dialogue: 1st turn", "dialogue_turn3": "dialogue: 3rd turn"}
     if key in fixed:
         return fixed[key]
+    if key == "dialogue_refer_alone":
+        return "  2nd turn asked alone"
     if key.startswith("dialogue_refer_"):
         return f"  2nd turn ({key[15:]})"
     if key.startswith("rec_relation_"):

@@ -692,6 +692,9 @@ class GromaNode(LifecycleNode):
                                                  callback_group=self._camera_group)
 
     def _publish_diagnostics(self) -> None:
+        engine = self.engine
+        if engine is not None:
+            engine.conversations.expire_idle()  # frees idle conversations' KV even when nobody asks about them
         p = self.params
         with self._stats_lock:
             stats = dict(self._stats)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from groma_ros.testing.node_harness import Peer, benchmark_model_dir, ros_env, scene_image, start_node, stop_node
+from tests.support.node_harness import Peer, benchmark_model_dir, ros_env, scene_image, start_node, stop_node
 
 CASES = {"vga": (640, 480, "raw"), "hd": (1280, 720, "raw"), "vga_jpeg": (640, 480, "compressed")}
 

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         model = str(DEFAULT_MODEL_DIR)
     if model is None:
         tmp = tempfile.TemporaryDirectory(prefix="groma_bench_")
-        from groma_ros.testing.models import make_tiny_model_dir
+        from tests.support.models import make_tiny_model_dir
 
         # endless: </s> never wins, so every query decodes exactly --max-new-tokens tokens
         model = str(make_tiny_model_dir(Path(tmp.name) / "tiny_random", endless=True))

@@ -56,7 +56,7 @@ def log(text: str) -> None:
 def build_tokenizer(vocab: int, directory: Path):
     """SentencePiece with exactly ``vocab`` ids: a small BPE plus user-defined filler pieces."""
     from groma_ros.model.tokenization_groma import GromaTokenizer, train_sentencepiece
-    from groma_ros.testing.models import _CORPUS
+    from tests.support.models import _CORPUS
 
     base = 400 if vocab > 1000 else vocab
     fillers = [f"<unused{i}>" for i in range(vocab - base)]
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hbm-gbps", type=float, help="memory bandwidth for the decode bound (default: by GPU name)")
     args = ap.parse_args(argv)
     from groma_ros.model import GromaConfig
-    from groma_ros.testing.checkpoints import tiny_config
+    from tests.support.checkpoints import tiny_config
 
     if args.estimate:
         print(json.dumps({"int4_memory_estimate": int4_memory_estimate(GromaConfig(), args.kv_tokens)}, indent=2))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from groma_ros.testing.node_harness import Peer, benchmark_model_dir, ros_env, start_node, stop_node
+from tests.support.node_harness import Peer, benchmark_model_dir, ros_env, start_node, stop_node
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from groma_ros.model import GromaConfig, GromaForConditionalGeneration
     from groma_ros.model.checkpoint import build_empty
-    from groma_ros.testing.checkpoints import tiny_config
+    from tests.support.checkpoints import tiny_config
 
     config = tiny_config() if args.tiny else GromaConfig()
     state = build_empty(GromaForConditionalGeneration, config).state_dict()

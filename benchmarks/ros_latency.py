@@ -7,7 +7,7 @@ a fresh frame each time (perception runs for every query). The node reports the 
 ROS and the node add (DDS both ways, callbacks, the queue hand-off, image decoding, message building).
 Target: overhead <= 10 % of the round trip.
 
-Three more series measure the floor any rclpy node pays for the same round trip: ``groma_ros.testing.echo_node``
+Three more series measure the floor any rclpy node pays for the same round trip: ``benchmarks.echo_node``
 (no model; same topics, types, QoS and executor) answering in its subscription callback, from a second thread as
 our worker does, and from that thread after computing as long as the node's engine did for a follow-up (its
 median ``total_ms``). The last is the fair floor: on an idle machine the wake-ups that carry the answer back grow
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from groma_ros.testing.node_harness import ROOT, Peer, benchmark_model_dir, ros_env, scene_image, start_node, stop_node
+from tests.support.node_harness import ROOT, Peer, benchmark_model_dir, ros_env, scene_image, start_node, stop_node
 
 ECHO_MODES = {"rclpy floor: echo in callback": [], "rclpy floor: echo from a thread": ["--worker"]}
 SAME, FRESH = "same frame (follow-ups, cached)", "fresh frame each query"
@@ -80,7 +80,7 @@ def echo_series(n: int, mode_args: list[str], name: str, log: Path) -> dict:
     """``n`` sequential queries to an echo node (no model) in its own process; node time = its ``total_ms``."""
     import subprocess
 
-    proc = subprocess.Popen([sys.executable, "-m", "groma_ros.testing.echo_node", *mode_args, "--ros-args",
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_node", *mode_args, "--ros-args",
                              "-r", f"__node:={name}"], cwd=ROOT, stdout=open(log, "w"),  # noqa: SIM115
                             stderr=subprocess.STDOUT)
     peer = Peer(f"latency_{name}", node_name=name)

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+# Test support (``tests.support``) lives beside the tests, not in the installed package: make the checkout
+# importable here and in every child process the tests start.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def _claim_domain_id() -> int:

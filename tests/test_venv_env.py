@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from groma_ros.testing import ros_tools
+from tests.support import ros_tools
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = (ROOT / "scripts" / "setup.sh").read_text()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from groma_ros.testing.models import make_tiny_model_dir
+from tests.support.models import make_tiny_model_dir
 
 
 @pytest.fixture(scope="session")

@@ -301,7 +301,7 @@ def test_cached_prefix_reproduces_original_generation(tmp_path, monkeypatch):
 
     from groma_ros.engine.types import Answer
     from groma_ros.model import GromaForConditionalGeneration, checkpoint
-    from groma_ros.testing.checkpoints import fixture_state_dict
+    from tests.support.checkpoints import fixture_state_dict
 
     repo = Path(__file__).resolve().parents[2]
     fixture = Path(os.environ.get("GROMA_PARITY_DIR", repo / "tests" / "data" / "groma_parity"))

@@ -14,7 +14,7 @@ from groma_ros.model import (
     to_release_state_dict,
 )
 from groma_ros.model.checkpoint import build_empty, read_checkpoint
-from groma_ros.testing.checkpoints import make_random_checkpoint, random_release_state_dict, tiny_config
+from tests.support.checkpoints import make_random_checkpoint, random_release_state_dict, tiny_config
 
 torch.set_num_threads(2)
 

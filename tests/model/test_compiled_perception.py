@@ -12,7 +12,7 @@ import torch
 
 from groma_ros.model import GromaForConditionalGeneration
 from groma_ros.model.compiled import PREFIX_BUCKET, region_buckets
-from groma_ros.testing.checkpoints import make_random_checkpoint
+from tests.support.checkpoints import make_random_checkpoint
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ import torch
 
 from groma_ros.model import GromaForConditionalGeneration
 from groma_ros.model.quantization import quantizable_weights, quantize_weight
-from groma_ros.testing.checkpoints import make_random_checkpoint
+from tests.support.checkpoints import make_random_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

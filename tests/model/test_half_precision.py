@@ -20,7 +20,7 @@ import torch
 
 from groma_ros.model import GromaForConditionalGeneration, ModelOutputError
 from groma_ros.model.ops import multi_scale_deformable_sampling
-from groma_ros.testing.checkpoints import random_release_state_dict, tiny_config, write_release_checkpoint
+from tests.support.checkpoints import random_release_state_dict, tiny_config, write_release_checkpoint
 
 torch.set_num_threads(1)
 

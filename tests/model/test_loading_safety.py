@@ -21,7 +21,7 @@ import torch
 
 from groma_ros.engine import GromaEngine
 from groma_ros.engine.engine import ModelLoadError
-from groma_ros.testing.models import make_tiny_model_dir
+from tests.support.models import make_tiny_model_dir
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from groma_ros.tools.parity import run_parity
+from tests.support.parity import run_parity
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO / "tests" / "data" / "groma_parity"))

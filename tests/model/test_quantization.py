@@ -33,7 +33,7 @@ FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO.parent / "shared" / "grom
 def fixture_dir(tmp_path_factory) -> Path:
     if not (FIXTURE / "expected.npz").is_file():
         pytest.fail(f"parity fixture missing: {FIXTURE} (set GROMA_PARITY_DIR to the groma_parity folder)")
-    from groma_ros.testing.checkpoints import fixture_state_dict, write_release_checkpoint
+    from tests.support.checkpoints import fixture_state_dict, write_release_checkpoint
 
     return write_release_checkpoint(tmp_path_factory.mktemp("fixture"),
                                     json.loads((FIXTURE / "config.json").read_text()),
@@ -134,7 +134,7 @@ def test_only_llm_linears_are_quantized_and_memory_shrinks(bf16_model, quantized
 
 def test_engine_runs_quantized_and_checks_the_setting(tmp_path):
     from groma_ros.engine import GromaEngine
-    from groma_ros.testing.models import make_tiny_model_dir
+    from tests.support.models import make_tiny_model_dir
 
     model_dir = make_tiny_model_dir(tmp_path / "tiny")
     image = np.zeros((64, 64, 3), np.uint8)

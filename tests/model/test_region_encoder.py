@@ -10,7 +10,7 @@ import torch
 
 from groma_ros.model import GromaForConditionalGeneration
 from groma_ros.model.ops import roi_align, roi_align_sampled
-from groma_ros.testing.checkpoints import make_random_checkpoint, tiny_config
+from tests.support.checkpoints import make_random_checkpoint, tiny_config
 
 torch.set_num_threads(1)
 

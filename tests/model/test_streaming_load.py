@@ -27,7 +27,7 @@ import torch
 
 from groma_ros.model import GromaForConditionalGeneration, to_release_state_dict
 from groma_ros.model.checkpoint import build_empty
-from groma_ros.testing.checkpoints import tiny_config, write_release_checkpoint
+from tests.support.checkpoints import tiny_config, write_release_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from groma_ros.model import GromaConfig, GromaForConditionalGeneration
-from groma_ros.testing.checkpoints import make_random_checkpoint, tiny_config
+from tests.support.checkpoints import make_random_checkpoint, tiny_config
 
 torch.set_num_threads(2)
 

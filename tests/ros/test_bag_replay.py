@@ -25,9 +25,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
-from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
-from groma_ros.testing.node_harness import Peer, scene_image, start_node, stop_node  # noqa: E402
-from groma_ros.testing.ros_tools import interrupt, ros_tool_env, start_in_shell_group  # noqa: E402
+from tests.support.models import make_tiny_model_dir  # noqa: E402
+from tests.support.node_harness import Peer, scene_image, start_node, stop_node  # noqa: E402
+from tests.support.ros_tools import interrupt, ros_tool_env, start_in_shell_group  # noqa: E402
 
 pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,8 +24,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 
 from groma_ros.ros.image_codec import cv2_to_compressed_imgmsg, cv2_to_imgmsg  # noqa: E402
-from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
-from groma_ros.testing.node_harness import Peer, escaped_exceptions, scene_image, start_node, stop_node  # noqa: E402
+from tests.support.models import make_tiny_model_dir  # noqa: E402
+from tests.support.node_harness import Peer, escaped_exceptions, scene_image, start_node, stop_node  # noqa: E402
 
 pytestmark = pytest.mark.ros
 DEEP = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)

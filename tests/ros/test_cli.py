@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from groma_ros.testing.ros_tools import (
+from tests.support.ros_tools import (
     get_parameters,
     interrupt,
     package_prefix,
@@ -112,7 +112,7 @@ class Camera(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from groma_ros.testing.node_harness import scene_image
+        from tests.support.node_harness import scene_image
 
         seed = 0
         while not self.stopped.wait(0.2):
@@ -234,7 +234,7 @@ class Tour:
 def test_readme_tour_against_a_running_node(tmp_path):
     import rclpy
 
-    from groma_ros.testing.node_harness import Peer
+    from tests.support.node_harness import Peer
 
     env = ros_tool_env(package_prefix(tmp_path / "prefix"), TMPDIR=str(tmp_path))
     shell = tmp_path / "shell"

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from groma_ros.testing.ros_tools import interrupt, skip_reason, start_in_shell_group, stop_daemon
+from tests.support.ros_tools import interrupt, skip_reason, start_in_shell_group, stop_daemon
 
 rclpy = pytest.importorskip("rclpy", reason="needs the ROS 2 venv from scripts/setup.sh")
 psutil = pytest.importorskip("psutil")
 
 from groma_ros.msg import GroundedAnswer  # noqa: E402
 
-from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
-from groma_ros.testing.node_harness import Peer  # noqa: E402
+from tests.support.models import make_tiny_model_dir  # noqa: E402
+from tests.support.node_harness import Peer  # noqa: E402
 
 REASON = skip_reason("colcon", "ros2 run", "ros2 launch")
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.skipif(bool(REASON), reason=REASON or "-")]
@@ -84,6 +84,12 @@ def test_install_space_holds_the_package(workspace):
     assert prefix == install
     assert (install / "lib" / "groma_ros" / "groma_node").is_file()
     assert (install / "share" / "groma_ros" / "launch" / "groma.launch.py").is_file()
+    # what a robot runs, nothing else: no training, synthetic world, test support or benchmarks
+    package = node_file.parents[1]
+    shipped = {p.name for p in package.iterdir()}
+    assert {"model", "engine", "ros", "assets", "cli.py", "msg", "action"} <= shipped, shipped
+    assert not shipped & {"training", "synthetic", "testing", "train.py", "evaluate.py", "tests", "benchmarks"}
+    assert (package / "tools" / "convert.py").is_file() and not (package / "tools" / "parity.py").exists()
 
 
 @pytest.mark.parametrize("start", [

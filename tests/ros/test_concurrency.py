@@ -18,8 +18,8 @@ from groma_ros.msg import GroundedAnswer  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
-from groma_ros.testing.node_harness import Peer, escaped_exceptions, start_node, stop_node  # noqa: E402
+from tests.support.models import make_tiny_model_dir  # noqa: E402
+from tests.support.node_harness import Peer, escaped_exceptions, start_node, stop_node  # noqa: E402
 
 pytestmark = pytest.mark.ros
 QUEUE = 2

@@ -12,8 +12,8 @@ from groma_ros.action import Ground  # noqa: E402
 from groma_ros.msg import GroundedAnswer  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
-from groma_ros.testing.node_harness import Peer, escaped_exceptions, scene_image, start_node, stop_node  # noqa: E402
+from tests.support.models import make_tiny_model_dir  # noqa: E402
+from tests.support.node_harness import Peer, escaped_exceptions, scene_image, start_node, stop_node  # noqa: E402
 
 pytestmark = pytest.mark.ros
 NAME = "groma_talk"

@@ -32,8 +32,8 @@ from std_msgs.msg import Header, String  # noqa: E402
 
 from groma_ros.ros.image_codec import cv2_to_compressed_imgmsg, encoding_info  # noqa: E402
 from groma_ros.ros.messages import box_to_msg  # noqa: E402
-from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
-from groma_ros.testing.node_harness import Peer, escaped_exceptions, scene_image, start_node, stop_node  # noqa: E402
+from tests.support.models import make_tiny_model_dir  # noqa: E402
+from tests.support.node_harness import Peer, escaped_exceptions, scene_image, start_node, stop_node  # noqa: E402
 
 pytestmark = pytest.mark.ros
 EXAMPLES = int(os.environ.get("GROMA_FUZZ_EXAMPLES", "50"))

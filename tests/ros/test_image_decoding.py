@@ -32,7 +32,7 @@ from groma_ros.ros.image_codec import (  # noqa: E402
     compressed_to_rgb8,
 )
 from groma_ros.ros.image_headers import HeaderError, declared_size, jpeg_size  # noqa: E402
-from groma_ros.testing import image_bombs  # noqa: E402
+from tests.support import image_bombs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(3)
@@ -205,7 +205,7 @@ _CHILD = textwrap.dedent("""
     import psutil
     from sensor_msgs.msg import CompressedImage
     from groma_ros.ros.image_codec import ImageConversionError, compressed_imgmsg_to_cv2
-    from groma_ros.testing import image_bombs as b
+    from tests.support import image_bombs as b
     fmt, expr = sys.argv[1], sys.argv[2]
     compressed_imgmsg_to_cv2(CompressedImage(format="jpeg", data=array.array("B", b.small_jpeg())))  # warm up
     png = b.cv2.imencode(".png", b.np.zeros((8, 8), b.np.uint8))[1].tobytes()

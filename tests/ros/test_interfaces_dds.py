@@ -14,7 +14,7 @@ from rclpy.action import ActionClient  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 
-from groma_ros.testing.ros_processes import log_of, start_python, stop  # noqa: E402
+from tests.support.ros_processes import log_of, start_python, stop  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

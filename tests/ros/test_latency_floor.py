@@ -9,7 +9,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="needs the ROS 2 venv from scripts/setup.sh")
 
-from groma_ros.testing.node_harness import ROOT  # noqa: E402
+from tests.support.node_harness import ROOT  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import ros_latency  # noqa: E402

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from groma_ros.testing.ros_tools import (
+from tests.support.ros_tools import (
     get_parameters,
     interrupt,
     package_prefix,
@@ -31,8 +31,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
-from groma_ros.testing.node_harness import Peer, scene_image  # noqa: E402
+from tests.support.models import make_tiny_model_dir  # noqa: E402
+from tests.support.node_harness import Peer, scene_image  # noqa: E402
 
 REASON = skip_reason("ros2 launch")
 pytestmark = [pytest.mark.ros, pytest.mark.skipif(bool(REASON), reason=REASON or "-")]

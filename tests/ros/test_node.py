@@ -27,9 +27,9 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from groma_ros.ros.image_codec import cv2_to_compressed_imgmsg, cv2_to_imgmsg  # noqa: E402
 from groma_ros.ros.messages import box_to_msg  # noqa: E402
-from groma_ros.testing import image_bombs  # noqa: E402
-from groma_ros.testing.models import make_tiny_model_dir  # noqa: E402
-from groma_ros.testing.node_harness import Peer, scene_image, start_node, stop_node  # noqa: E402
+from tests.support import image_bombs  # noqa: E402
+from tests.support.models import make_tiny_model_dir  # noqa: E402
+from tests.support.node_harness import Peer, scene_image, start_node, stop_node  # noqa: E402
 
 pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[2]

@@ -35,7 +35,7 @@ def ros_env(domain_id: int | None = None) -> None:
 def benchmark_model_dir(workdir: Path, endless: bool = True) -> tuple[Path, str]:
     """The embedded default model when installed, else a tiny random one; returns (dir, label)."""
     from groma_ros.engine.engine import DEFAULT_MODEL_DIR, DEFAULT_MODEL_FILES
-    from groma_ros.testing.models import make_tiny_model_dir
+    from tests.support.models import make_tiny_model_dir
 
     if all((DEFAULT_MODEL_DIR / f).is_file() for f in DEFAULT_MODEL_FILES):
         return DEFAULT_MODEL_DIR, "embedded default model"
@@ -89,14 +89,13 @@ class Peer:
     def __init__(self, name: str, node_name: str = "groma") -> None:
         import rclpy
         import rclpy.executors
+        from groma_ros.action import Ground
+        from groma_ros.msg import GroundedAnswer
         from lifecycle_msgs.srv import ChangeState, GetState
         from rclpy.action import ActionClient
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
         from std_msgs.msg import String
-
-        from groma_ros.action import Ground
-        from groma_ros.msg import GroundedAnswer
 
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.rclpy = rclpy

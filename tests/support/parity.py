@@ -1,11 +1,11 @@
 """Parity check against outputs of the original Groma implementation.
 
-``python -m groma_ros.tools.parity FIXTURE_DIR`` regenerates the fixture weights from their rule, writes
+``python -m tests.support.parity FIXTURE_DIR`` regenerates the fixture weights from their rule, writes
 them as a released-format checkpoint (config.json + pytorch_model.bin, 4.32 key names incl. aliases),
 loads it with ``GromaForConditionalGeneration.from_pretrained``, runs the fixture image and prompts
 (imposing the recorded region permutation) and compares every array of ``expected.npz`` within the
 fixture README §7 tolerances; then a case with three user boxes whose expected values are derived from
-the released semantics (:mod:`groma_ros.tools.parity_multi_box`).
+the released semantics (:mod:`tests.support.parity_multi_box`).
 Prints one line per output and exits 0 only if all pass. ``tests/model/test_parity.py`` calls ``run_parity``.
 """
 
@@ -138,7 +138,7 @@ def run_parity(
     """Run the full parity check; returns one ``Comparison`` per array of expected.npz."""
     from groma_ros.engine.preprocess import preprocess, read_rgb
     from groma_ros.model import GromaForConditionalGeneration
-    from groma_ros.testing.checkpoints import fixture_state_dict, write_release_checkpoint
+    from tests.support.checkpoints import fixture_state_dict, write_release_checkpoint
 
     torch.set_num_threads(threads)
     if device.startswith("cuda"):  # the fixture is float32: no TF32 convolutions / matmuls
@@ -252,7 +252,7 @@ def run_parity(
 
 
 def _multi_box_comparisons(model, vision, pixels, expected, prompts, fixture_dir: Path) -> list[Comparison]:
-    """The several-user-box case of :mod:`groma_ros.tools.parity_multi_box` through the model's own path."""
+    """The several-user-box case of :mod:`tests.support.parity_multi_box` through the model's own path."""
     from groma_ros.tools import parity_multi_box as mb
 
     meta = json.loads((fixture_dir / "meta.json").read_text())

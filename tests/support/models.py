@@ -13,7 +13,7 @@ import torch
 
 from groma_ros.engine import prompts
 from groma_ros.model.tokenization_groma import GromaTokenizer, train_sentencepiece
-from groma_ros.testing.checkpoints import make_random_checkpoint, tiny_config
+from tests.support.checkpoints import make_random_checkpoint, tiny_config
 
 TINY_VOCAB = 320  # SentencePiece with byte fallback needs > 259 pieces
 

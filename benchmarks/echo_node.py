@@ -8,7 +8,7 @@ is ours. ``--worker`` answers from a second thread, as the Groma node's inferenc
 release the GIL as the engine's do) and reports that time as the answer's ``total_ms``: the floor for an answer
 that comes X ms after its query, which is not the instant echo's (an idle machine wakes slower after a wait).
 
-    python -m groma_ros.testing.echo_node [--worker] [--work-ms 6.5] --ros-args -r __node:=echo
+    python -m benchmarks.echo_node [--worker] [--work-ms 6.5] --ros-args -r __node:=echo
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import threading
 import time
 
 import rclpy
+from groma_ros.msg import BoundingBox2D, GroundedAnswer, GroundedDetection, GroundedDetectionArray, Pose2D
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 from std_msgs.msg import Header, String
 
-from groma_ros.msg import BoundingBox2D, GroundedAnswer, GroundedDetection, GroundedDetectionArray, Pose2D
 from groma_ros.ros.node import ANSWER_QOS, INTAKE_QOS
 
 

@@ -158,7 +158,7 @@ def stop_daemon(env: dict[str, str]) -> None:
 def get_parameters(peer: Any, target: str, names: Sequence[str], timeout: float = 10.0) -> dict[str, Any]:
     """Values of ``names`` on node ``target`` (fully qualified) through its rcl_interfaces/GetParameters service.
 
-    ``peer`` is a :class:`groma_ros.testing.node_harness.Peer` (its executor spins the reply in).
+    ``peer`` is a :class:`tests.support.node_harness.Peer` (its executor spins the reply in).
     """
     from rcl_interfaces.srv import GetParameters
     from rclpy.parameter import parameter_value_to_python

@@ -253,7 +253,7 @@ def run_parity(
 
 def _multi_box_comparisons(model, vision, pixels, expected, prompts, fixture_dir: Path) -> list[Comparison]:
     """The several-user-box case of :mod:`tests.support.parity_multi_box` through the model's own path."""
-    from groma_ros.tools import parity_multi_box as mb
+    from tests.support import parity_multi_box as mb
 
     meta = json.loads((fixture_dir / "meta.json").read_text())
     tok, thr = meta["token_ids"], meta["thresholds"]

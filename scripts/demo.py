@@ -4,6 +4,8 @@ Starts the Groma node (its own process, embedded default model, the README's `--
 remapping form), a camera that publishes synthetic scenes at 10 FPS, and a speech front-end that
 publishes spoken-style commands on `/groma/query`. Prints every grounded answer next to the
 ground truth and saves the node's annotated `~/debug_image` for each query under `out/demo/`.
+Then it holds a short referential dialogue about the same frame through the `~/ground` action
+(one `conversation_id`: "the red circle" -> "the other one" -> "what colour is it?").
 DDS stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) in its own ROS_DOMAIN_ID.
 """
 
@@ -25,20 +27,23 @@ os.environ.setdefault("ROS_DOMAIN_ID", "42")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
+from groma_ros.action import Ground  # noqa: E402
 from groma_ros.msg import GroundedAnswer  # noqa: E402
+from rclpy.action import ActionClient  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 
 from groma_ros.ros.image_codec import cv2_to_imgmsg, imgmsg_to_rgb8  # noqa: E402
+from groma_ros.synthetic.dialogue import generate_dialogues  # noqa: E402
 from groma_ros.synthetic.metrics import box_iou  # noqa: E402
 from groma_ros.synthetic.scenes import SceneConfig, generate_scene, split_seeds  # noqa: E402
 from groma_ros.synthetic.texts import generate_samples  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUS = {v: k for k, v in vars(GroundedAnswer).items() if k.isupper() and k in
-          ("OK", "NO_IMAGE", "STALE_IMAGE", "BAD_REQUEST", "BUSY", "CANCELED", "MODEL_ERROR")}
+          ("OK", "NO_IMAGE", "STALE_IMAGE", "BAD_REQUEST", "BUSY", "CANCELED", "MODEL_ERROR", "NO_CONVERSATION")}
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -56,6 +61,18 @@ def spoken_commands(scene) -> list[tuple[str, list[int], str]]:
     for answer in ("yes", "no"):  # one object that is there, one near miss that is not
         commands += [(s.query, [], s.answer) for s in exists if s.answer == answer][:1]
     return commands
+
+
+def dialogue_turns(scene) -> list[tuple[str, list[int], str]]:
+    """The longest dialogue about this scene: (text, objects a correct answer grounds, correct answer word)."""
+    dialogues = sorted(generate_dialogues(scene), key=lambda d: -len(d.turns))
+    if not dialogues:
+        return []
+    turns = []
+    for sample in dialogues[0].turns:
+        objects = list(sample.answer_objects[0]) if sample.answer_objects else []
+        turns.append((sample.query, objects, "" if objects else sample.answer))
+    return turns
 
 
 def main() -> int:
@@ -82,6 +99,7 @@ def main() -> int:
     peer = rclpy.create_node("demo_robot")
     camera = peer.create_publisher(Image, "/demo_camera/image_raw", RELIABLE)
     speech = peer.create_publisher(String, "/groma/query", RELIABLE)
+    action = ActionClient(peer, Ground, "/groma/ground")
     answers: list[GroundedAnswer] = []
     debug_images: list[Image] = []
     peer.create_subscription(GroundedAnswer, "/groma/answer", answers.append, RELIABLE)
@@ -139,6 +157,25 @@ def main() -> int:
                     path = out / f"scene{n}_query{k}.png"
                     cv2.imwrite(str(path), cv2.cvtColor(imgmsg_to_rgb8(debug_images[-1]), cv2.COLOR_RGB2BGR))
                     print(f"          annotated picture: {path}")
+            turns = dialogue_turns(scene)
+            if turns and action.wait_for_server(timeout_sec=10):
+                conversation = f"demo-scene-{n}"
+                print(f"  a conversation about this frame (conversation_id {conversation!r}):")
+                for text, truth, expected in turns:
+                    print(f'  user    -> "{text}"' + (f"   (correct answer: {expected})" if expected else ""))
+                    sent = action.send_goal_async(Ground.Goal(query=text, conversation_id=conversation))
+                    if not spin_for(30, sent.done) or not sent.result().accepted:
+                        print("  (the goal was not accepted)")
+                        code = 1
+                        break
+                    result = sent.result().get_result_async()
+                    if not spin_for(60, result.done):
+                        print("  (no answer within 60 s)")
+                        code = 1
+                        break
+                    answer = result.result().result.answer
+                    print(f"  turn {answer.turn} of {answer.conversation_id!r}:")
+                    report(answer, scene, truth, arrow="reply   <-")
     except (RuntimeError, KeyboardInterrupt) as exc:
         print(f"[demo] {exc}")
         code = 1
@@ -154,9 +191,9 @@ def main() -> int:
     return code
 
 
-def report(answer: GroundedAnswer, scene, truth: list[int]) -> None:
+def report(answer: GroundedAnswer, scene, truth: list[int], arrow: str = "groma   <-") -> None:
     status = STATUS.get(answer.status, str(answer.status))
-    print(f"  groma   <- [{status}] {answer.text!r}   (raw {answer.raw_text!r}, "
+    print(f"  {arrow} [{status}] {answer.text!r}   (raw {answer.raw_text!r}, "
           f"{answer.encode_ms + answer.generate_ms + answer.preprocess_ms:.0f} ms)")
     if answer.error:
         print(f"          error: {answer.error}")

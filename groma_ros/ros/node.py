@@ -472,11 +472,24 @@ class GromaNode(LifecycleNode):
             return
 
         def finish(job: Job, outcome: Outcome | None, error: BaseException | None) -> None:
-            answer = self._answer_from(request, targets[0], outcome, error)
-            self._publish_answer(answer)
-            if outcome is not None and answer.status == Status.OK:
-                self._publish_extras(request, answer, outcome)
-            on_answer(answer)
+            """Exactly one answer, whatever fails on the way: extras (detections, 3-D, debug image) never cost it."""
+            try:
+                answer = self._answer_from(request, targets[0], outcome, error)
+            except Exception as exc:  # noqa: BLE001 - a message that cannot be built still owes an answer
+                answer = messages.error_answer_msg(request.query_id, request.query, request.task, Status.MODEL_ERROR,
+                                                   f"{type(exc).__name__}: {exc}", self._model_id(), targets[0].header,
+                                                   camera=targets[0].camera.name,
+                                                   conversation_id=request.conversation_id)
+            try:
+                self._publish_answer(answer)
+                if outcome is not None and answer.status == Status.OK:
+                    try:
+                        self._publish_extras(request, answer, outcome)
+                    except Exception as exc:  # noqa: BLE001 - the answer itself is out; say what is missing
+                        self.get_logger().warning(f"extra outputs of {request.query_id} not published: "
+                                                  f"{type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+            finally:
+                on_answer(answer)
 
         job = Job(request.query_id, run=lambda job: self._run(job, request, targets),
                   finish=finish, cancel_requested=request.cancel_requested)
@@ -676,7 +689,8 @@ class GromaNode(LifecycleNode):
             pubs["markers"].publish(detections_to_marker_array(array.detections, header))
         p = self.params
         debug = pubs["debug_image"]
-        if p and p.publish_debug_image and debug.get_subscription_count() > 0:
+        # a conversation's later turns reuse the pinned frame's perception, not its pixels: nothing to draw on
+        if p and p.publish_debug_image and outcome.rgb is not None and debug.get_subscription_count() > 0:
             pairs = messages.detection_pairs(outcome.answer)
             items = [(phrase or messages.DETECT_CLASS_ID, region.box, region.score)
                      for phrase, _s, _e, region in pairs]

@@ -22,5 +22,9 @@ def test_demo_grounds_spoken_commands_and_saves_pictures(tmp_path):
     assert proc.returncode == 0, log[-4000:] + (out / "node.log").read_text()[-3000:]
     assert log.count("speech  ->") >= 3 and log.count("groma   <- [OK]") == log.count("speech  ->"), log
     assert "IoU with ground truth" in log
+    # the dialogue: every turn answered OK within one conversation, numbered 1, 2, ...
+    turns = log.count("  user    ->")
+    assert turns >= 2 and log.count("reply   <- [OK]") == turns, log
+    assert all(f"turn {k} of 'demo-scene-0'" in log for k in range(1, turns + 1)), log
     pictures = sorted(out.glob("scene0_query*.png"))
     assert pictures, log

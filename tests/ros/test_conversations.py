@@ -118,3 +118,24 @@ def test_query_topic_holds_a_dialogue_without_ids(talk):
     peer.query.publish(String(data="and the other one?"))
     assert peer.spin_until(lambda: peer.answers[-1].query == "and the other one?", 30)
     assert peer.answers[-1].conversation_id == later.conversation_id and peer.answers[-1].turn == 2
+
+
+def test_turns_are_answered_while_someone_watches_the_debug_image(talk):
+    """A later turn has no pixels to draw on (only the pinned perception is kept): it is answered anyway."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    peer, _, _ = talk
+    images: list = []
+    sub = peer.node.create_subscription(Image, f"{peer.base}/debug_image", images.append,
+                                        QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        header = _frame(peer, 9)
+        assert peer.spin_until(lambda: sub.get_publisher_count() > 0, 10)
+        first = _turn(peer, "where is the red box?", "watched")
+        second = _turn(peer, "and the other one?", "watched")
+        assert [first.status, second.status] == [GroundedAnswer.OK, GroundedAnswer.OK]
+        assert second.turn == 2 and second.header == header
+        assert peer.spin_until(lambda: images, 5) and images[0].header == header  # the first turn was drawn
+    finally:
+        peer.node.destroy_subscription(sub)

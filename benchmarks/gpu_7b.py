@@ -17,7 +17,7 @@ same weights quantized to int4 through torchao (tinygemm, 4-bit packed) with ``-
 static decoders is ``--kv-tokens`` long (the LLM's 4096 would add 1.6 GB for nothing: prompts are ~630 tokens).
 The prefix prefill is also timed directly, eager vs compiled, on the first frame's prefix embeddings.
 
-Targets (issue 21, one H200 or H100): first REC <= 50 ms, follow-up <= 20 ms, bf16 decode <= 1.5x (LLM weight
+Targets (one H200 or H100): first REC <= 50 ms, follow-up <= 20 ms, bf16 decode <= 1.5x (LLM weight
 bytes / HBM bandwidth), int4 decode <= 2 ms/token, peak memory bf16 <= 16 GB, int4 weights <= 6 GB.
 One command, prints JSON on stdout (progress on stderr), < 8 minutes (``--budget-s`` skips what no longer fits):
 

@@ -1,12 +1,12 @@
-"""The embedded default model: it loads in the released format and really grounds (issue 6).
+"""The embedded default model: it loads in the released format and really grounds.
 
 The quality test runs the shipped checkpoint through ``GromaEngine`` (the CLI/ROS inference path) on a fixed
 slice of the held-out test split (40 scenes, at most 6 samples per task and scene, ~15 s) and requires:
-floor = min(issue-6 target, value measured on this slice at export) - margin, margin 5 points (3 for proposal
+floor = min(target, value measured on this slice at export) - margin, margin 5 points (3 for proposal
 recall, 0.05 for caption F1). Target-based (the model reaches the target on this slice): proposal recall,
 REC attribute, REC relation (measured 93.6 %), grounded-caption F1 (measured 0.951), region QA. Measured-based:
 multi-object P/R have no target (measured 95.8 % / 94.4 %), nor do existence questions ("is there a red circle?",
-every one of 40 test scenes, measured 93.8 %; a model that always says "yes", as the weights before did, has 50 %).
+every one of 40 test scenes, measured 93.8 %; a model that always says "yes" has 50 %).
 REC must also beat both baselines (random kept region, always <r0>) by 25 points.
 """
 

@@ -1,4 +1,4 @@
-"""Synthetic scenes, task texts and metrics for training and evaluating the embedded tiny Groma (issue 6).
+"""Synthetic scenes, task texts and metrics for training and evaluating the embedded tiny Groma.
 
 ``scenes``: seeded images of coloured shapes with exact boxes; ``texts``: samples for every task with
 object-level placeholders; ``metrics``: numpy metrics and the evaluation table.

@@ -290,7 +290,7 @@ class EvalAccumulator:
         return s
 
     def table(self) -> str:
-        """Fixed-width table: value, issue-6 target and, on REC rows, the two baselines."""
+        """Fixed-width table: value, target and, on REC rows, the two baselines."""
         s = self.summary()
         head = f"{'metric':<30}{'value':>8}{'target':>8}{'n':>7}{'random r':>10}{'<r0>':>8}"
         lines = [head, "-" * len(head)]

@@ -6,7 +6,7 @@ training/eval time).  So samples carry placeholders and object indices, and ``re
 * ``{roiI}`` (in answers) -> ``<roi><rA><rB>...</roi>`` for the objects ``answer_objects[I]`` (in order);
 * ``{referI}`` (in queries) -> ``<roi><refer_box></roi><refer_feat>``; the user box is ``query_objects[I]``.
 
-What ``query`` is, per task (the prompt builder owns the wording around it, see groma_reference.md §4):
+What ``query`` is, per task (the prompt builder, ``engine/prompts.py``, owns the wording around it):
 
 =================  ===========================================  ==============================================
 task               query                                        answer

@@ -1,4 +1,4 @@
-"""Training recipe of the embedded tiny Groma (issue 6): stage 0 tokenizer, stage 1 perception, stage 2 LLM.
+"""Training recipe of the embedded tiny Groma: stage 0 tokenizer, stage 1 perception, stage 2 LLM.
 
 Modules: ``recipe`` (sizes and hyper-parameters), ``tokenizer`` (stage 0), ``data`` (scenes -> tensors and
 token sequences in the engine's exact prompt format), ``forward`` (differentiable forwards with the

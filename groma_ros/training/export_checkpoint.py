@@ -3,8 +3,8 @@
 Why: a run exports its best *quick-eval* state on its own; a later state (e.g. the last one, chosen on a larger val
 evaluation) needs this step to become a model directory. Config and tokenizer come from the run's own export.
 
-    python -m groma_ros.training.export_checkpoint runs/cpu8/stage2/ckpt.pt --like runs/cpu8/export \
-        --out runs/cpu8/export_final
+    python -m groma_ros.training.export_checkpoint runs/<run>/stage2/ckpt.pt --like runs/<run>/export \
+        --out runs/<run>/export_final
 """
 
 from __future__ import annotations

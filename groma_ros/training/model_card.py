@@ -163,7 +163,7 @@ _SUMMARY_HEAD = "Meets the targets for "
 
 
 def _target_summary(measured: dict) -> str:
-    """Which targets (issue 6's, and the dialogue one) the evaluated weights meet, with the measured values."""
+    """Which targets (``synthetic.metrics.TARGETS``, dialogue included) the weights meet, with measured values."""
     met = [f"{name} ({_pct(measured, key)})" for key, name, goal in TARGETS if measured.get(key, -1) >= goal]
     missed = [f"{name} ({_pct(measured, key, goal)}, target {100 * goal:.0f} %)"
               for key, name, goal in TARGETS if key in measured and measured[key] < goal]
@@ -241,7 +241,7 @@ training in total (wall clock, evaluations included). Commands (each resumes fro
 ## Evaluation (held-out test split, through `GromaEngine`)
 
 `python -m groma_ros.evaluate` (proposal recall of kept regions; REC with the two baselines; multi-object P/R;
-grounded-caption phrase-box F1; region-QA exact match; VQA accuracy). Targets are issue 6's.
+grounded-caption phrase-box F1; region-QA exact match; VQA accuracy). Targets: ``synthetic.metrics.TARGETS``.
 {report.get("scenes", "?")} test scenes, all samples of every task.
 
 Region order as the engine uses it (descending score):

@@ -97,13 +97,14 @@ class Stage2Config:
     # head ``PHRASE_POINTER_HEAD`` of these: in a grounded caption, every position that predicts a word of a phrase
     # (from its <p> to the word before </p>) attends to the region the phrase is then tied to. Why: the phrase comes
     # *before* its <rK>, so naming the object means finding the next region first; 13 of 29 caption errors on 80
-    # val scenes were objects whose shape region QA read right. [1, 2] in the shipped weights' last run (cpu8).
+    # val scenes were objects whose shape region QA read right. The shipped weights train with [1, 2] (MODEL_CARD.md).
     phrase_pointer_layers: tuple[int, ...] = ()
     # head ``exists_pointer_head`` of these: the position that answers "is there a red circle?" attends to the
     # regions showing a red circle, or to the first token (a "nothing" sink) when there is none; head 1 of
     # ``gather_layers`` brings the colour and shape words there. Why: trained on the answer word alone, the LLM
     # said "yes" to 235 of 240 such questions (50 % accuracy), though REC finds the same phrases 99 % of the time.
-    # [2, 3] with head 0 in the shipped weights' last run (v2b): existence 92 % on test; a fresh head (5) was slow.
+    # The shipped weights train with [2, 3] and head 0 (existence 92 % on test, MODEL_CARD.md); a fresh head learns
+    # it far more slowly.
     exists_pointer_layers: tuple[int, ...] = ()
     exists_pointer_head: int = EXISTS_POINTER_HEAD  # 0 = share the REC pointer head (already a phrase-region matcher)
     # head ``REFERENT_HEAD`` of these: in a dialogue, the position that answers a follow-up ("the other one", "what

@@ -25,7 +25,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
-from tests.support.models import make_tiny_model_dir  # noqa: E402
 from tests.support.node_harness import Peer, scene_image, start_node, stop_node  # noqa: E402
 from tests.support.ros_tools import interrupt, ros_tool_env, start_in_shell_group  # noqa: E402
 
@@ -60,18 +59,6 @@ def bag(tmp_path_factory) -> Path:
             writer.write(connection, sec * 10**9 + nanosec, store.serialize_cdr(msg, Image.__msgtype__))
     assert list(path.glob("*.mcap")) and (path / "metadata.yaml").is_file()
     return path
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
-
-
-@pytest.fixture(scope="module")
-def ros_context():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
 
 
 def header_of(answer: GroundedAnswer) -> tuple[int, int, str]:

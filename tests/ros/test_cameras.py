@@ -6,9 +6,7 @@ remapped to a driver-like topic, exactly as a robot's params YAML would configur
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,18 +36,6 @@ CAMERA_ARGS = ("-p", "cameras:=[front, wrist]", "-p", "wrist.image_transport:=co
                "-r", "wrist/image/compressed:=/robot/wrist/image_raw/compressed",
                "-r", "wrist/camera_info:=/robot/wrist/camera_info",
                "-r", "wrist/depth/image:=/robot/wrist/depth", "-r", "wrist/depth/camera_info:=/robot/wrist/depth_info")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
-
-
-@pytest.fixture(scope="module")
-def ros_context():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
 
 
 class RobotCameras(Peer):
@@ -103,11 +89,6 @@ class RobotCameras(Peer):
                 return header
         raise AssertionError(f"{camera} frames never reached the node")
 
-    def by_text(self, texts: list[str]) -> dict[str, list[GroundedAnswer]]:
-        got = collections.defaultdict(list)
-        for answer in self.answers:
-            got[answer.query].append(answer)
-        return {t: got.get(t, []) for t in texts}
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +123,9 @@ def test_each_camera_answers_from_its_own_frame_in_its_own_clock(robot):
                for text, camera in goals.items()}
     results = {text: peer.result_of(h) for text, h in handles.items()}
     texts = list(topic_queries) + list(goals)
-    assert peer.spin_until(lambda: all(peer.by_text(texts).values()), 30)
+    assert peer.spin_until(lambda: all(peer.answers_to(texts).values()), 30)
     peer.pause(0.5)
-    got = peer.by_text(texts)
+    got = peer.answers_to(texts)
     assert {t: len(v) for t, v in got.items()} == {t: 1 for t in texts}  # exactly one answer each
     expected_camera = {t: c for t, (c, _) in topic_queries.items()} | {t: c or "front" for t, c in goals.items()}
     for text, [answer] in got.items():

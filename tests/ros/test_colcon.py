@@ -23,7 +23,6 @@ psutil = pytest.importorskip("psutil")
 
 from groma_ros.msg import GroundedAnswer  # noqa: E402
 
-from tests.support.models import make_tiny_model_dir  # noqa: E402
 from tests.support.node_harness import Peer  # noqa: E402
 
 REASON = skip_reason("colcon", "ros2 run", "ros2 launch")
@@ -57,18 +56,6 @@ def workspace(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def in_install_space(command: str) -> list[str]:
     """``bash -c 'source install/setup.bash && COMMAND'`` (run it in the workspace)."""
     return ["bash", "-c", f"source install/setup.bash && {command}"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny_colcon")
-
-
-@pytest.fixture(scope="module")
-def ros_context():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
 
 
 def test_install_space_holds_the_package(workspace):
@@ -106,7 +93,7 @@ def test_installed_node_answers_a_query(workspace, model_dir, ros_context, tmp_p
         header = peer.publish_frame(settle_s=0.5)
         answer = peer.ask("where is the red box?", timeout=60)
         assert answer.status == GroundedAnswer.OK, (answer.error, log.read_text()[-3000:])
-        assert answer.header == header and answer.model_id == "tiny_colcon"
+        assert answer.header == header and answer.model_id == model_dir.name
         executable = str(ws / "install" / "groma_ros" / "lib" / "groma_ros" / "groma_node")
         nodes = [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True) if "groma_node" in
                  " ".join(p.cmdline())]

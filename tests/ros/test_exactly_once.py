@@ -9,7 +9,6 @@ long version of the same checks.
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,18 +32,6 @@ DEEP = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.
 ANSWERED = {GroundedAnswer.OK, GroundedAnswer.BUSY}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
-
-
-@pytest.fixture(scope="module")
-def ros_context():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
 class HostilePeer(Peer):
     """The harness peer plus an action client whose services keep every request and response."""
 
@@ -52,12 +39,6 @@ class HostilePeer(Peer):
         super().__init__(name, node_name)
         self.deep_action = ActionClient(self.node, Ground, f"{self.base}/ground", goal_service_qos_profile=DEEP,
                                         result_service_qos_profile=DEEP, cancel_service_qos_profile=DEEP)
-
-    def answers_by_text(self, texts: list[str]) -> dict[str, list[GroundedAnswer]]:
-        by_text = collections.defaultdict(list)
-        for answer in self.answers:
-            by_text[answer.query].append(answer)
-        return {t: by_text.get(t, []) for t in texts}
 
     def handshake(self) -> None:
         """Until the node has matched this client's response readers, DDS drops its replies (discovery is not
@@ -90,7 +71,7 @@ def node(model_dir, ros_context, tmp_path_factory):
     peer = HostilePeer("flood_client", "groma_flood")
     try:
         assert peer.wait_active(), log.read_text()
-        peer.publish_frame(settle_s=0.3)
+        peer.publish_until_seen()
         yield peer, proc, log
     finally:
         stop_node(proc)
@@ -105,9 +86,9 @@ def test_query_flood_is_answered_exactly_once(node):
         for text in texts[b * 50:(b + 1) * 50]:
             peer.query.publish(String(data=text))
         peer.spin_once(0.0)
-    assert peer.spin_until(lambda: all(peer.answers_by_text(texts).values()), 180)
+    assert peer.spin_until(lambda: all(peer.answers_to(texts).values()), 180)
     peer.pause(0.5)  # a duplicate would arrive by now
-    got = peer.answers_by_text(texts)
+    got = peer.answers_to(texts)
     counts = collections.Counter(len(v) for v in got.values())
     assert counts == {1: len(texts)}, counts
     statuses = collections.Counter(v[0].status for v in got.values())
@@ -138,8 +119,8 @@ def test_goal_burst_and_cancel_storm_each_get_one_result(node):
           f"{collections.Counter(a.status for a in answers[30:])}; 300 cancel requests all answered")
     # each goal's answer is also on ~/answer, once
     texts = [g.query for g in goals + storm]
-    assert peer.spin_until(lambda: all(peer.answers_by_text(texts).values()), 20)
-    assert all(len(v) == 1 for v in peer.answers_by_text(texts).values())
+    assert peer.spin_until(lambda: all(peer.answers_to(texts).values()), 20)
+    assert all(len(v) == 1 for v in peer.answers_to(texts).values())
     assert proc.poll() is None
 
 
@@ -150,9 +131,9 @@ def test_control_characters_and_odd_text_get_one_answer_each(node):
     for text in texts:
         for _ in range(2):
             peer.query.publish(String(data=text))
-    assert peer.spin_until(lambda: all(len(v) >= 2 for v in peer.answers_by_text(texts).values()), 30)
+    assert peer.spin_until(lambda: all(len(v) >= 2 for v in peer.answers_to(texts).values()), 30)
     peer.pause(0.5)
-    got = peer.answers_by_text(texts)
+    got = peer.answers_to(texts)
     assert {t: len(v) for t, v in got.items()} == {t: 2 for t in texts}
     assert {a.status for a in got["\x80\x81\x82"]} == {GroundedAnswer.BAD_REQUEST}  # nothing visible to ask
 
@@ -205,19 +186,19 @@ def test_every_lifecycle_state_answers(model_dir, ros_context, tmp_path):
         ask_all("inactive", "state: inactive")
         assert peer.lifecycle(Transition.TRANSITION_ACTIVATE)
         assert peer.wait_active()
-        peer.publish_frame(settle_s=0.3)
+        peer.publish_until_seen()
         ask_all("active", "")
-        assert peer.spin_until(lambda: all(v for t, v in peer.answers_by_text(list(expected)).items()
+        assert peer.spin_until(lambda: all(v for t, v in peer.answers_to(list(expected)).items()
                                            if t.startswith("active")), 30)
         assert peer.lifecycle(Transition.TRANSITION_DEACTIVATE)
         assert peer.lifecycle(Transition.TRANSITION_CLEANUP)
         ask_all("cleaned", "state: unconfigured")
         assert peer.lifecycle(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
         ask_all("finalized", "state: finalized")
-        assert peer.spin_until(lambda: all(peer.answers_by_text(list(expected)).values()), 60), \
-            [t for t, v in peer.answers_by_text(list(expected)).items() if not v]
+        assert peer.spin_until(lambda: all(peer.answers_to(list(expected)).values()), 60), \
+            [t for t, v in peer.answers_to(list(expected)).items() if not v]
         peer.pause(0.5)
-        for text, answers in peer.answers_by_text(list(expected)).items():
+        for text, answers in peer.answers_to(list(expected)).items():
             assert len(answers) == 1, (text, len(answers))
             answer = answers[0]
             if expected[text]:
@@ -250,11 +231,11 @@ def test_ctrl_c_answers_running_and_waiting_queries_before_exit(ros_context, tmp
             peer.query.publish(String(data=text))
         peer.pause(0.5)
         proc.send_signal(2)  # Ctrl-C
-        assert peer.spin_until(lambda: result.done() and all(peer.answers_by_text(texts).values()), 20), \
+        assert peer.spin_until(lambda: result.done() and all(peer.answers_to(texts).values()), 20), \
             log.read_text()[-3000:]
         assert result.result().result.answer.status == GroundedAnswer.CANCELED
         assert all(len(v) == 1 and v[0].status == GroundedAnswer.CANCELED
-                   for v in peer.answers_by_text(texts).values())
+                   for v in peer.answers_to(texts).values())
         assert proc.wait(15) == 0
     finally:
         stop_node(proc)

@@ -32,7 +32,6 @@ from std_msgs.msg import Header, String  # noqa: E402
 
 from groma_ros.ros.image_codec import cv2_to_compressed_imgmsg, encoding_info  # noqa: E402
 from groma_ros.ros.messages import box_to_msg  # noqa: E402
-from tests.support.models import make_tiny_model_dir  # noqa: E402
 from tests.support.node_harness import Peer, escaped_exceptions, scene_image, start_node, stop_node  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -243,26 +242,21 @@ class Fuzzer:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"), endless=True)
-
-
-@pytest.fixture(scope="module")
 def ros():
     rclpy.init()
     yield
     rclpy.shutdown()
 
 
-def _node(model_dir: Path, tmp: Path, name: str, *extra: str):
+def _node(model: Path, tmp: Path, name: str, *extra: str):
     log = tmp / f"{name}.log"
-    proc = start_node(model_dir, log, "-p", "queue_size:=1", "-p", "max_image_age_s:=5.0", *extra, node_name=name)
+    proc = start_node(model, log, "-p", "queue_size:=1", "-p", "max_image_age_s:=5.0", *extra, node_name=name)
     peer = Peer(f"{name}_robot", node_name=name)
     return proc, peer, log
 
 
-def test_fuzz_raw_images_depth_and_requests(model_dir, ros, tmp_path_factory):
-    proc, peer, log = _node(model_dir, tmp_path_factory.mktemp("raw"), "groma_fuzz", "-p", "use_depth:=true")
+def test_fuzz_raw_images_depth_and_requests(endless_model_dir, ros, tmp_path_factory):
+    proc, peer, log = _node(endless_model_dir, tmp_path_factory.mktemp("raw"), "groma_fuzz", "-p", "use_depth:=true")
     fuzzer = Fuzzer(peer)
     try:
         assert peer.wait_active(), log.read_text()
@@ -279,8 +273,8 @@ def test_fuzz_raw_images_depth_and_requests(model_dir, ros, tmp_path_factory):
         peer.close()
 
 
-def test_fuzz_compressed_images_and_requests(model_dir, ros, tmp_path_factory):
-    proc, peer, log = _node(model_dir, tmp_path_factory.mktemp("compressed"), "groma_fuzz_c",
+def test_fuzz_compressed_images_and_requests(endless_model_dir, ros, tmp_path_factory):
+    proc, peer, log = _node(endless_model_dir, tmp_path_factory.mktemp("compressed"), "groma_fuzz_c",
                             "-p", "image_transport:=compressed")
     fuzzer = Fuzzer(peer)
     try:
@@ -298,9 +292,9 @@ def test_fuzz_compressed_images_and_requests(model_dir, ros, tmp_path_factory):
         peer.close()
 
 
-def test_bad_depth_never_costs_the_2d_answer(model_dir, ros, tmp_path):
+def test_bad_depth_never_costs_the_2d_answer(endless_model_dir, ros, tmp_path):
     """Regression (found by the fuzzer): a 0x0 depth frame or NaN intrinsics made a valid query fail."""
-    proc, peer, log = _node(model_dir, tmp_path, "groma_fuzz_d", "-p", "use_depth:=true")
+    proc, peer, log = _node(endless_model_dir, tmp_path, "groma_fuzz_d", "-p", "use_depth:=true")
     try:
         assert peer.wait_active(), log.read_text()
         for depth, k in (((0, 0), [300.0, 0, 12, 0, 300.0, 10, 0, 0, 1]), ((24, 20), [float("nan")] * 9)):

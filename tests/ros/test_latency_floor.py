@@ -17,13 +17,6 @@ import ros_latency  # noqa: E402
 pytestmark = pytest.mark.ros
 
 
-@pytest.fixture
-def ros_context():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
 @pytest.mark.parametrize("mode", list(ros_latency.ECHO_MODES))
 def test_echo_floor_answers_every_query(ros_context, tmp_path, mode):
     name = f"echo_test{len(ros_latency.ECHO_MODES[mode])}"

@@ -42,13 +42,6 @@ START_TIMEOUT = 120.0  # ros2 launch + node process + model load on a busy 2-cor
 
 
 @pytest.fixture(scope="module")
-def ros_context():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
-@pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     return ros_tool_env(package_prefix(tmp_path_factory.mktemp("prefix")))
 

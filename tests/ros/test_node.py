@@ -28,7 +28,6 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 from groma_ros.ros.image_codec import cv2_to_compressed_imgmsg, cv2_to_imgmsg  # noqa: E402
 from groma_ros.ros.messages import box_to_msg  # noqa: E402
 from tests.support import image_bombs  # noqa: E402
-from tests.support.models import make_tiny_model_dir  # noqa: E402
 from tests.support.node_harness import Peer, scene_image, start_node, stop_node  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -37,11 +36,6 @@ W, H = 320, 240
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 FX = FY = 300.0
 CX, CY = W / 2 - 0.5, H / 2 - 0.5
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"), endless=True)
 
 
 class RobotPeer(Peer):
@@ -80,16 +74,10 @@ def camera_info(header: Header, w: int = W, h: int = H) -> CameraInfo:
 
 
 @pytest.fixture(scope="module")
-def ros_context():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
-@pytest.fixture(scope="module")
-def node(model_dir, ros_context, tmp_path_factory):
+def node(endless_model_dir, ros_context, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "node.log"
-    proc = start_node(model_dir, log, "-p", "use_depth:=true", "-p", "queue_size:=1", "-p", "max_image_age_s:=5.0")
+    proc = start_node(endless_model_dir, log, "-p", "use_depth:=true", "-p", "queue_size:=1",
+                      "-p", "max_image_age_s:=5.0")
     peer = RobotPeer("test_robot")
     try:
         assert peer.wait_active(), log.read_text()
@@ -394,8 +382,8 @@ def test_lifecycle_keeps_the_model_while_inactive_and_frees_it_on_cleanup(node):
     assert peer.ask("where is the mug after reconfiguring?").status == GroundedAnswer.OK
 
 
-def test_compressed_transport(model_dir, ros_context, tmp_path):
-    proc = start_node(model_dir, tmp_path / "node.log", "-p", "image_transport:=compressed",
+def test_compressed_transport(endless_model_dir, ros_context, tmp_path):
+    proc = start_node(endless_model_dir, tmp_path / "node.log", "-p", "image_transport:=compressed",
                       node_name="groma_compressed")
     peer = RobotPeer("test_compressed", node_name="groma_compressed")
     try:
@@ -434,9 +422,9 @@ def test_compressed_transport(model_dir, ros_context, tmp_path):
         peer.node.destroy_node()
 
 
-def test_out_of_range_parameter_fails_configure_with_a_clear_log(model_dir, ros_context, tmp_path):
+def test_out_of_range_parameter_fails_configure_with_a_clear_log(endless_model_dir, ros_context, tmp_path):
     log = tmp_path / "node.log"
-    proc = start_node(model_dir, log, "-p", "queue_size:=0", node_name="groma_bad")
+    proc = start_node(endless_model_dir, log, "-p", "queue_size:=0", node_name="groma_bad")
     peer = RobotPeer("test_bad_params", node_name="groma_bad")
     try:
         assert peer.get_state.wait_for_service(timeout_sec=30), log.read_text()

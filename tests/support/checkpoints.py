@@ -25,7 +25,7 @@ from groma_ros.model.modeling_groma import GromaForConditionalGeneration
 
 # ------------------------------------------------------------------------------- parity fixture weights
 def rule_tensor(key: str, shape: tuple[int, ...], rules: list[dict], seed_offset: int = 0) -> torch.Tensor:
-    """The parity fixture's weight rule (fixture README §2) for one key."""
+    """The parity fixture's weight rule (``tests/data/groma_parity/README.md``) for one key."""
     canonical = ALIAS_RE.sub(r"perceiver.ddetr_transformer.\1.", key)
     g = torch.Generator()
     g.manual_seed(zlib.crc32(canonical.encode("utf-8")) + seed_offset)

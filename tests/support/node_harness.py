@@ -130,6 +130,14 @@ class Peer:
     def answers(self) -> list[Any]:
         return [m for _, m in self.received]
 
+    def answers_to(self, texts: list[str]) -> dict[str, list[Any]]:
+        """Every answer received so far for each query text (exactly-once checks count them)."""
+        by_text: dict[str, list[Any]] = {t: [] for t in texts}
+        for answer in self.answers:
+            if answer.query in by_text:
+                by_text[answer.query].append(answer)
+        return by_text
+
     def spin_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         end = time.monotonic() + timeout
         while time.monotonic() < end:

@@ -4,8 +4,8 @@
 them as a released-format checkpoint (config.json + pytorch_model.bin, 4.32 key names incl. aliases),
 loads it with ``GromaForConditionalGeneration.from_pretrained``, runs the fixture image and prompts
 (imposing the recorded region permutation) and compares every array of ``expected.npz`` within the
-fixture README §7 tolerances; then a case with three user boxes whose expected values are derived from
-the released semantics (:mod:`tests.support.parity_multi_box`).
+tolerances of ``tests/data/groma_parity/README.md``; then a case with three user boxes whose expected values
+are derived from the released semantics (:mod:`tests.support.parity_multi_box`).
 Prints one line per output and exits 0 only if all pass. ``tests/model/test_parity.py`` calls ``run_parity``.
 """
 

@@ -160,7 +160,7 @@ def test_every_lifecycle_state_answers(model_dir, ros_context, tmp_path):
                       node_name="groma_states")
     peer = HostilePeer("states_client", "groma_states")
     try:
-        assert peer.spin_until(peer.matched, 30), log.read_text()
+        assert peer.wait_answering(), log.read_text()
         expected: dict[str, str] = {}
 
         def ask_all(tag: str, status_text: str) -> None:
@@ -175,7 +175,7 @@ def test_every_lifecycle_state_answers(model_dir, ros_context, tmp_path):
                 f.result().get_result_async()
 
         ask_all("unconfigured", "state: unconfigured")
-        assert peer.spin_until(lambda: len(peer.answers) >= 8, 20)
+        assert peer.spin_until(lambda: all(peer.answers_to(list(expected)).values()), 20)
         # queries sent while configure loads the model are answered after it (the executor is busy meanwhile)
         assert peer.change_state.wait_for_service(timeout_sec=10)
         configure = peer.change_state.call_async(

@@ -160,6 +160,21 @@ class Peer:
         the graph: a reliable message sent before the match is lost)."""
         return self.query.get_subscription_count() > 0 and self.answer_subscription.get_publisher_count() > 0
 
+    def wait_answering(self, timeout: float = 30.0) -> bool:
+        """Until a query published on ~/query comes back on ~/answer. ``matched`` proves only our side of each
+        match: the node's answer writer may not have matched our reader yet and would drop what it publishes.
+        A round trip proves both directions; the probes' answers stay in ``received`` under "round trip" texts."""
+        end, attempt = time.monotonic() + timeout, 0
+        from std_msgs.msg import String
+
+        while time.monotonic() < end:
+            if self.matched():
+                self.query.publish(String(data=f"round trip {attempt}"))
+                attempt += 1
+            if self.spin_until(lambda: any(a.query.startswith("round trip") for a in self.answers), 1.0):
+                return True
+        return False
+
     def wait_active(self, timeout: float = 90.0, compressed: bool = False) -> bool:
         image = "/cam/image_raw/compressed" if compressed else "/cam/image_raw"
         return self.spin_until(lambda: self.matched() and self.node.count_subscribers(image) > 0, timeout)

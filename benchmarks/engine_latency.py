@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from groma_ros.engine import GromaEngine
-    from groma_ros.engine.engine import DEFAULT_MODEL_DIR, DEFAULT_MODEL_FILES
+    from groma_ros.engine.loading import DEFAULT_MODEL_DIR, DEFAULT_MODEL_FILES
 
     tmp = None
     model = args.model

@@ -26,6 +26,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from groma_ros.model.precision import PRECISIONS
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
 TASKS = ("auto", "refer", "grounded_caption", "region_qa", "vqa", "detect")
 
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("image", help="image file (PNG, JPEG, ...)")
     common.add_argument("--model", metavar="DIR", help="model directory (default: the embedded model)")
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
-    common.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    common.add_argument("--dtype", default="float32", choices=PRECISIONS)
     common.add_argument("--decode", default="auto", choices=("auto", "dynamic", "static", "compiled"),
                         help="LLM decoding (static/compiled pay off on a GPU; see groma_ros.engine.decoding)")
     common.add_argument("--threads", type=int, default=None, help="CPU threads (default: min(4, cores))")
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``groma`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)  # exits 2 on bad usage
-    from groma_ros.engine.engine import BadRequestError, ModelLoadError
+    from groma_ros.engine.errors import BadRequestError, ModelLoadError
 
     try:
         return run(args)

@@ -17,7 +17,8 @@ import math
 
 import pytest
 
-from groma_ros.engine.engine import DEFAULT_MODEL_DIR, GromaEngine
+from groma_ros.engine.engine import GromaEngine
+from groma_ros.engine.loading import DEFAULT_MODEL_DIR
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
 
 SCENES = 40

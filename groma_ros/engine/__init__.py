@@ -9,8 +9,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "GromaEngine": "engine", "BadRequestError": "engine", "ModelLoadError": "engine",
-    "ModelNotFoundError": "engine", "QueryTrace": "engine", "default_model_dir": "engine",
+    "GromaEngine": "engine", "QueryTrace": "engine",
+    "BadRequestError": "errors", "ModelLoadError": "errors", "ModelNotFoundError": "errors",
+    "default_model_dir": "loading", "load_model": "loading",
     "Conversation": "conversations", "ConversationNotFoundError": "conversations",
     "ConversationState": "conversations", "ConversationStore": "conversations",
     "FrameCache": "perception", "Perception": "perception", "PrefixState": "perception",

@@ -21,16 +21,13 @@ buffer per engine suffices. ``auto`` (the default) is ``static`` on an accelerat
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from transformers import DynamicCache, StaticCache
 
+from .modes import DECODE_MODES
 from .perception import fork_cache
 
-DecodeMode = Literal["auto", "dynamic", "static", "compiled"]
 PREFILL_BUCKET = 32  # query prefills up to this many tokens run as one compiled graph (REC/caption prompts: ~10-20)
-DECODE_MODES: tuple[str, ...] = ("auto", "dynamic", "static", "compiled")
 
 
 class DynamicDecoder:

@@ -16,18 +16,17 @@ KV, which grows per turn from a fork of the frame prefix; equal to a from-scratc
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import DynamicCache
+
+from groma_ros.model.generation import GenerationOutput, greedy_decode
 
 from . import parsing, prompts
 from .conversations import (
@@ -38,8 +37,10 @@ from .conversations import (
     fit_turn,
     pinned_box_index,
 )
-from .decoding import DecodeMode, make_decoder
-from .generation import GenerationOutput, greedy_decode
+from .decoding import make_decoder
+from .errors import BadRequestError, ModelLoadError
+from .loading import ProgressCallback, load_model
+from .modes import DecodeMode
 from .perception import (
     FrameCache,
     Perception,
@@ -50,30 +51,10 @@ from .perception import (
     tensor_bytes,
 )
 from .preprocess import ImageError, Interpolation, check_image, preprocess
+from .timing import StageClock, sync
 from .types import Answer, BoxXYXY, GroundedItem, Region, Task, Timings
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
-DEFAULT_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.model")
 DEFAULT_CACHE_BYTES = 2 << 30
-PROGRESS_MIN_BYTES = 256 << 20  # show a load progress bar only for checkpoints at least this big
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
-
-
-class BadRequestError(ValueError):
-    """The caller's request is unusable (empty query, bad boxes, bad image); maps to Status.BAD_REQUEST."""
-
-
-class ModelLoadError(RuntimeError):
-    """The model directory is missing or could not be loaded."""
-
-
-class ModelNotFoundError(ModelLoadError, FileNotFoundError):
-    """No model directory (or a required file in it) exists."""
 
 
 @dataclass
@@ -100,99 +81,6 @@ class _TurnInput:
     before: list[int]  # LLM ids already in ``cache`` after the frame prefix (earlier turns)
     raw_before: list[int]  # tokenizer ids of all earlier turns
     raw_suffix: list[int]  # tokenizer ids of this turn's message
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class _StageClock:
-    """Times named submodules during one call via forward hooks (the model runs them inside one method)."""
-
-    def __init__(self, device: torch.device, stages: dict[str, list[torch.nn.Module]]) -> None:
-        self.device = device
-        self.ms: dict[str, float] = {}
-        self._handles = []
-        for name, modules in stages.items():
-            for m in modules:
-                self._handles.append(m.register_forward_pre_hook(self._start(name)))
-                self._handles.append(m.register_forward_hook(self._stop(name)))
-        self._t0: dict[str, float] = {}
-
-    def _start(self, name: str):
-        def hook(*_):
-            _sync(self.device)
-            self._t0[name] = time.perf_counter()
-
-        return hook
-
-    def _stop(self, name: str):
-        def hook(*_):
-            _sync(self.device)
-            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - self._t0.pop(name)) * 1000.0
-
-        return hook
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-def default_model_dir() -> Path:
-    """Directory of the embedded default model (may not exist yet)."""
-    return DEFAULT_MODEL_DIR
-
-
-def resolve_model_dir(path: str | os.PathLike | None) -> Path:
-    """``path`` or the embedded default model; ``ModelNotFoundError`` naming exactly what is missing."""
-    if path is None:
-        d = DEFAULT_MODEL_DIR
-        missing = [f for f in DEFAULT_MODEL_FILES if not (d / f).is_file()]
-        if missing:
-            raise ModelNotFoundError(
-                f"no model given and the embedded default model is not installed: missing "
-                f"{', '.join(str(d / f) for f in missing)}. Pass a model directory (--model DIR / path=...) "
-                "holding config.json, the weights (pytorch_model.bin or *.safetensors) and tokenizer.model."
-            )
-        return d
-    d = Path(path).expanduser()
-    if not d.is_dir():
-        raise ModelNotFoundError(f"model directory {d} does not exist")
-    missing = [f for f in ("config.json", "tokenizer.model") if not (d / f).is_file()]
-    has_weights = any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))
-    if not has_weights:
-        missing.append("weights (pytorch_model.bin or *.safetensors)")
-    if missing:
-        raise ModelNotFoundError(f"model directory {d} is incomplete: missing {', '.join(missing)}")
-    return d
-
-
-@contextlib.contextmanager
-def _load_progress(directory: Path, enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    """A tqdm bar (bytes) while a large checkpoint loads; yields the per-tensor callback for the loader."""
-    files = [p for p in directory.iterdir() if p.suffix in (".bin", ".safetensors") and p.is_file()]
-    total = sum(p.stat().st_size for p in files)
-    if not enabled or total < PROGRESS_MIN_BYTES:
-        yield None
-        return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {directory.name}", leave=False)
-    stop = threading.Event()
-
-    def tick() -> None:
-        while not stop.wait(0.5):
-            bar.refresh()
-
-    ticker = threading.Thread(target=tick, daemon=True)
-    ticker.start()
-    try:
-        yield bar.update
-    finally:
-        stop.set()
-        ticker.join()
-        bar.close()
 
 
 class GromaEngine:
@@ -236,41 +124,22 @@ class GromaEngine:
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | None = None, *, device: str = "cpu", dtype: str = "float32",
-                        num_threads: int | None = None, cache_frames: int = 4, progress: bool = True,
+                        num_threads: int | None = None, cache_frames: int = 4,
+                        progress: bool | ProgressCallback = True,
                         cache_bytes: int | None = DEFAULT_CACHE_BYTES,
                         interpolation: Interpolation = "bilinear", decode: DecodeMode = "auto",
                         quantization: str | None = None) -> GromaEngine:
         """Load a model directory (released format or ours; ``None`` = the embedded default model).
 
-        ``num_threads`` sets torch's intra-op CPU threads (default min(4, cores) on CPU: more rarely helps
-        at batch 1 and starves the ROS executor). ``decode``: see ``decoding`` (``static``/``compiled`` pay off on
-        a GPU; ``compiled`` on CUDA compiles perception too, see ``GromaForConditionalGeneration.compile_perception``).
+        See ``loading.load_model`` for ``num_threads`` and ``progress`` (True: a bar for big checkpoints; a
+        callable gets ``(loaded_bytes, total_bytes)`` after each tensor). ``decode``: see ``decoding``
+        (``static``/``compiled`` pay off on a GPU; ``compiled`` on CUDA compiles perception too, see
+        ``GromaForConditionalGeneration.compile_perception``).
         ``quantization``: None/"none", "int8" or "int4" weight-only LLM linears (torchao; int4 on a GPU needs
         bfloat16). Raises ``ModelNotFoundError`` / ``ModelLoadError``.
         """
-        from groma_ros.model import GromaForConditionalGeneration
-        from groma_ros.model.quantization import quantization_mode
-        from groma_ros.model.tokenization_groma import GromaTokenizer
-
-        directory = resolve_model_dir(path)
-        torch_dtype = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
-        if torch_dtype is None:
-            raise ValueError(f"dtype must be one of float32, bfloat16, float16; got {dtype!r}")
-        quantization = quantization_mode(quantization)
-        if num_threads is None and torch.device(device).type == "cpu":
-            num_threads = min(4, os.cpu_count() or 1)
-        if num_threads is not None:
-            torch.set_num_threads(max(1, int(num_threads)))
-        try:
-            tokenizer = GromaTokenizer.from_pretrained(directory)
-            with _load_progress(directory, progress) as on_bytes:
-                model = GromaForConditionalGeneration.from_pretrained(
-                    directory, dtype=torch_dtype, device=device, quantization=quantization, progress=on_bytes)
-        except (ModelLoadError, ValueError) as err:
-            raise ModelLoadError(f"could not load the model from {directory}: {err}") from err
-        except (OSError, RuntimeError) as err:
-            raise ModelLoadError(f"could not load the model from {directory}: {type(err).__name__}: {err}") from err
-        model.eval()
+        model, tokenizer, directory = load_model(path, device=device, dtype=dtype, num_threads=num_threads,
+                                                 quantization=quantization, progress=progress)
         if decode == "compiled" and model.device.type == "cuda":
             model.compile_perception(warm_up=False)  # image graph, region tokens, prefix prefill: CUDA graphs too
         return cls(model, tokenizer, model_id=directory.name, cache_frames=cache_frames, cache_bytes=cache_bytes,
@@ -319,15 +188,15 @@ class GromaEngine:
             t0 = time.perf_counter()
             pixels = preprocess(image_rgb, model.config.image_size, self.interpolation)
             pixels = pixels.to(device=device, dtype=model.dtype)
-            _sync(device)
+            sync(device)
             t1 = time.perf_counter()
-            clock = _StageClock(device, {
+            clock = StageClock(device, {
                 "proposer": [model.perceiver.input_proj, model.perceiver.ddetr_transformer],
                 "region": [model.region_encoder.mlvl_fuse],
             })
             try:
                 vision = model.encode_image(pixels)
-                _sync(device)
+                sync(device)
             finally:
                 clock.remove()
             t2 = time.perf_counter()
@@ -350,12 +219,12 @@ class GromaEngine:
         model, device = self.model, self.model.device
         t0 = time.perf_counter()
         region_tokens = model.encode_regions(vision, selection.boxes)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         expanded = model.expand_input_ids(self._prefix_ids, len(selection.boxes))
         embeds = model.build_inputs_embeds(expanded.input_ids, vision.image_tokens[0], region_tokens)
         cache = model.prefill_prefix(embeds)  # compiled (a CUDA graph) when perception is compiled
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         scores = selection.scores.detach().float().cpu().tolist()
         from_user = selection.from_user.detach().cpu().tolist()
@@ -652,7 +521,7 @@ class GromaEngine:
             )
         ids = list(raw)
         for i, pos in enumerate(refer_pos):
-            ids[pos] = t.region_index(refer[i])
+            ids[pos] = t.region_id(refer[i])
         return ids, feat_pos, list(refer[:len(feat_pos)])
 
     def _turn_input(self, state: PrefixState, cache: DynamicCache, cache_len: int, in_cache: list[int],
@@ -700,7 +569,7 @@ class GromaEngine:
                 feats = state.region_tokens[torch.tensor(inp.feat_regions, device=state.region_tokens.device)]
                 embeds[0, torch.tensor(inp.feat_pos, device=device)] = feats.to(embeds.dtype)
             first = decoder.prefill(embeds)
-            _sync(device)
+            sync(device)
             answer.timings.query_prefill_ms = (time.perf_counter() - t0) * 1000.0
 
             text = tok.incremental_decoder(skip_special_tokens=False)
@@ -724,7 +593,7 @@ class GromaEngine:
             pieces.append(tail)
             if on_token is not None:
                 on_token(tail)
-        _sync(device)
+        sync(device)
         answer.timings.decode_ms = gen.decode_ms
         answer.raw_text = "".join(pieces)
         answer.completion_tokens = gen.num_generated

@@ -25,33 +25,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-NUM_REGION_TOKENS = 100
+from groma_ros.model.special_tokens import GROMA_TOKENS, LLAMA_TOKENS, NUM_REGION_TOKENS
+
 # Never glued with "]" or ">": that could rebuild a tag ("[PAD" + tag + "]") in the plain text.
 _CLOSING_PUNCT = frozenset(".,;:!?)'\"%…")
 # Known tags first; then anything tag-like (the original strips every ``<...>``).
+_KNOWN_TAGS = GROMA_TOKENS + LLAMA_TOKENS
+_STRUCTURE_TAGS = ("<p>", "</p>", "<roi>", "</roi>", "</s>")
 _TAG_RE = re.compile(
-    r"<(?P<close>/?)(?P<name>p|roi)>|<r(?P<region>0|[1-9]\d{0,5})>|(?P<eos></s>)|"
-    r"(?P<other><(?:s|unk|sep|img|/img|image|region|refer_box|ground_box|refer_feat)>|\[PAD\]|\[grounding\]|"
-    r"<[A-Za-z/][^<>\s]{0,31}>)"
-)
-_KNOWN_TAGS = (
-    "<p>",
-    "</p>",
-    "<roi>",
-    "</roi>",
-    "</s>",
-    "<s>",
-    "<unk>",
-    "<sep>",
-    "<img>",
-    "</img>",
-    "<image>",
-    "<region>",
-    "<refer_box>",
-    "<ground_box>",
-    "<refer_feat>",
-    "[PAD]",
-    "[grounding]",
+    r"<(?P<close>/?)(?P<name>p|roi)>|<r(?P<region>0|[1-9]\d{0,5})>|(?P<eos></s>)|(?P<other>"
+    + "|".join(re.escape(t) for t in _KNOWN_TAGS if t not in _STRUCTURE_TAGS)
+    + r"|<[A-Za-z/][^<>\s]{0,31}>)"
 )
 _PARTIAL_REGION = re.compile(r"<(?:r\d{0,6})?$")
 

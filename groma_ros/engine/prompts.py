@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from groma_ros.engine.types import Task
+from groma_ros.model import special_tokens
 
 # ---------------------------------------------------------------- conversation template
 SYSTEM = (
@@ -40,10 +41,11 @@ SYSTEM = (
 ROLES = ("USER", "ASSISTANT")
 SEP, SEP2 = " ", "</s>"  # conv_llava: sep after user turns, sep2 after assistant turns
 
-IMAGE_TOKEN = "<image>"
-REGION_TOKEN = "<region>"
-GROUNDING_TOKEN = "[grounding]"
-REFER_MARKER = "<roi><refer_box></roi><refer_feat>"  # one user box (visual_genome.py:197-200)
+IMAGE_TOKEN = special_tokens.IMAGE
+REGION_TOKEN = special_tokens.REGION
+GROUNDING_TOKEN = special_tokens.GROUNDING
+REFER_MARKER = (  # one user box (visual_genome.py:197-200)
+    f"{special_tokens.ROI_OPEN}{special_tokens.REFER_BOX}{special_tokens.ROI_CLOSE}{special_tokens.REFER_FEAT}")
 
 FIRST_INSTRUCTION = (
     f"Here is an image with region crops from it. Image: {IMAGE_TOKEN}. Regions: {REGION_TOKEN}."
@@ -119,10 +121,7 @@ DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
     "detect": 0,
 }
 
-# Text that must never reach the model from user input: each of these is one token with a meaning.
-_RESERVED = re.compile(
-    r"<(?:/?(?:p|roi|img|s)|sep|unk|image|region|refer_box|ground_box|refer_feat|r\d+)>|\[(?:PAD|grounding)\]"
-)
+_RESERVED = special_tokens.RESERVED_RE  # text that must never reach the model from user input
 
 
 def sanitize(text: str) -> str:

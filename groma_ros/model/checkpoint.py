@@ -29,7 +29,8 @@ import torch
 
 from .configuration_groma import GromaConfig
 from .errors import CheckpointError, CheckpointMemoryError, CheckpointRefusedError
-from .quantization import check_supported, is_quantized, quantizable_weights, quantization_mode, quantize_weight
+from .precision import quantization_mode, torch_dtype
+from .quantization import check_supported, is_quantized, quantizable_weights, quantize_weight
 from .weight_files import MappedFile, read_safetensors, read_torch_zip, write_safetensors
 
 _VIT = r"^(perceiver\.vis_encoder\.encoder\.layer\.\d+\.attention)"
@@ -237,21 +238,6 @@ def map_state_dict(
 
 
 # ----------------------------------------------------------------------------------------------------- model
-DTYPE_NAMES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
-}
-
-
-def _check_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, str):
-        dtype = DTYPE_NAMES.get(dtype.lower().removeprefix("torch."), dtype)
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-    return dtype
-
-
 def build_empty(model_cls, config: GromaConfig):
     """The model on the meta device (no memory, no init); fill it with ``load_state_dict(assign=True)``."""
     with torch.device("meta"):
@@ -333,7 +319,7 @@ def load_pretrained(model_cls, directory: Path, dtype=torch.float32, device="cpu
     (then its source pages are released) and, with ``quantization``, is quantized right there, so peak memory
     is about the finished model plus one tensor. ``progress(nbytes)`` is called after each tensor.
     """
-    dtype = _check_dtype(dtype)
+    dtype = torch_dtype(dtype)
     device = torch.device(device)
     mode = quantization_mode(quantization)
     if mode is not None:
@@ -435,7 +421,7 @@ def convert_checkpoint(src: Path, dst: Path, dtype=torch.bfloat16, max_shard_byt
     Every key is checked as by the loader; then each tensor is cast and written as it is read, so memory
     holds one tensor at a time (the output is never assembled).
     """
-    dtype = _check_dtype(dtype)
+    dtype = torch_dtype(dtype)
     src, dst = Path(src), Path(dst)
     config = read_config(src)
     raw, state = _checked_state(build_empty(_model_class(), config), src)

@@ -17,6 +17,8 @@ from typing import Any
 
 from transformers import DeformableDetrConfig, Dinov2Config, LlamaConfig, PreTrainedConfig
 
+from .special_tokens import GROMA_TOKENS, parse_region_token, region_token
+
 # 4.32 class defaults that differ from the transformers 5.x defaults (checked against meta.json config_full;
 # Dinov2's patch_size was 16 in 4.32, which is why 4.32 wrote ``patch_size: 14`` explicitly).
 LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -27,23 +29,8 @@ LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
 
 BOX_CONVENTIONS = ("original", "corrected")
 
-# Names of the 14 fixed added tokens, in release order (ids vocab+0 .. vocab+13); then <r0> .. <r{n-1}>.
-SPECIAL_TOKENS = (
-    "[PAD]",
-    "<sep>",
-    "<img>",
-    "</img>",
-    "<roi>",
-    "</roi>",
-    "<p>",
-    "</p>",
-    "<image>",
-    "<region>",
-    "<refer_box>",
-    "<ground_box>",
-    "<refer_feat>",
-    "[grounding]",
-)
+# the 14 fixed added tokens (ids vocab+0 .. vocab+13), then <r0> .. <r{n-1}>
+SPECIAL_TOKENS = GROMA_TOKENS
 
 
 # The released groma-7b-finetune sub-configs (reference §2): used when a sub-config is not given at all.
@@ -166,23 +153,24 @@ class GromaTokenIds:
         """Id of a special token by its text, e.g. ``"<roi>"`` or ``"<r12>"``."""
         if name in SPECIAL_TOKENS:
             return self.vocab + SPECIAL_TOKENS.index(name)
-        if name.startswith("<r") and name.endswith(">") and name[2:-1].isdigit():
-            return self.region_index(int(name[2:-1]))
+        k = parse_region_token(name)
+        if k is not None:
+            return self.region_id(k)
         raise KeyError(name)
 
-    def region_index(self, k: int) -> int:
+    def region_id(self, k: int) -> int:
         """Id of ``<r{k}>``."""
         if not 0 <= k < self.num_regions:
             raise ValueError(f"region index {k} out of range 0..{self.num_regions - 1}")
         return self.vocab + len(SPECIAL_TOKENS) + k
 
     def region_of(self, token_id: int) -> int | None:
-        """Inverse of ``region_index``: k for an ``<rk>`` id, else None."""
+        """Inverse of ``region_id``: k for an ``<rk>`` id, else None."""
         k = token_id - self.vocab - len(SPECIAL_TOKENS)
         return k if 0 <= k < self.num_regions else None
 
     def as_dict(self) -> dict[str, int]:
-        names = list(SPECIAL_TOKENS) + [f"<r{k}>" for k in range(self.num_regions)]
+        names = list(SPECIAL_TOKENS) + [region_token(k) for k in range(self.num_regions)]
         return {name: self.vocab + i for i, name in enumerate(names)}
 
 

@@ -26,6 +26,7 @@ from transformers import DynamicCache, LlamaForCausalLM  # noqa: E402
 
 from .configuration_groma import GromaConfig  # noqa: E402
 from .errors import ModelOutputError  # noqa: E402
+from .generation import greedy_decode  # noqa: E402
 from .ops import box_iou, cxcywh_to_xyxy, first_argmax, nms  # noqa: E402
 from .proposer import GromaPerceiver  # noqa: E402
 from .region_encoder import GromaRegionEncoder  # noqa: E402
@@ -289,7 +290,7 @@ class GromaForConditionalGeneration(nn.Module):
         if len(refer_pos):
             if len(refer_rows) < len(refer_pos):
                 raise ValueError(f"{len(refer_pos)} <refer_box> tokens but only {len(refer_rows)} user boxes")
-            ids[refer_pos] = torch.tensor([t.region_index(int(k)) for k in refer_rows[: len(refer_pos)]])
+            ids[refer_pos] = torch.tensor([t.region_id(int(k)) for k in refer_rows[: len(refer_pos)]])
         prompt_ids = ids.clone()
         pads = (ids == t.pad).nonzero().flatten()
         if len(pads):
@@ -301,7 +302,7 @@ class GromaForConditionalGeneration(nn.Module):
             if tok == t.image:
                 pieces.append(torch.full((self.config.num_image_tokens,), t.image))
             elif tok == t.region:
-                pairs = [[t.region_index(k), t.region] for k in range(num_regions)]
+                pairs = [[t.region_id(k), t.region] for k in range(num_regions)]
                 pieces.append(torch.tensor(pairs, dtype=torch.long).reshape(-1))
             else:
                 pieces.append(torch.tensor([tok]))
@@ -406,21 +407,19 @@ class GromaForConditionalGeneration(nn.Module):
         eos_token_id: int | None = None,
         vision: VisionOutput | None = None,
     ) -> GreedyOutput:
-        """Greedy decoding with the KV cache; stops after ``eos_token_id`` or the limit."""
+        """Greedy decoding with the KV cache (``generation.greedy_decode``); ``tokens`` end with ``eos_token_id``
+        when the model chose it, else after ``max_new_tokens``."""
         eos = self.config.llm_cfg.eos_token_id if eos_token_id is None else eos_token_id
         prefill = self.forward(pixel_values, input_ids, user_boxes, order, use_cache=True, vision=vision)
-        cache, logits = prefill.past_key_values, prefill.logits[0, -1]
-        tokens, steps = [], []
-        for _ in range(max_new_tokens):
-            steps.append(logits)
-            token = int(torch.argmax(logits))
-            tokens.append(token)
-            if token == eos or len(tokens) == max_new_tokens:
-                break
-            embeds = self.embed_tokens(torch.tensor([[token]], device=self.device))
-            out = self.llm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            logits = self.lm_logits(out.last_hidden_state)[0, -1]
-        new = torch.tensor(tokens, dtype=torch.long)
+        cache = prefill.past_key_values
+
+        def step(token: int) -> torch.Tensor:
+            out = self.llm.model(inputs_embeds=self.embed_tokens(torch.tensor([[token]], device=self.device)),
+                                 past_key_values=cache, use_cache=True)
+            return self.lm_logits(out.last_hidden_state)[0, -1]
+
+        gen = greedy_decode(prefill.logits[0, -1], step, eos_token_id=eos, max_new_tokens=max_new_tokens,
+                            keep_logits=True)
+        new = torch.tensor(gen.token_ids + [eos] * gen.stopped_on_eos, dtype=torch.long)
         sequence = torch.cat([prefill.expanded.prompt_ids[0].cpu(), new])
-        return GreedyOutput(new, sequence, torch.stack(steps), prefill)
+        return GreedyOutput(new, sequence, torch.stack(gen.step_logits), prefill)

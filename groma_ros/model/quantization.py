@@ -21,18 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODES = ("int8", "int4")
+from .precision import quantization_mode
+
 INT4_GROUP_SIZES = (128, 64, 32)
-
-
-def quantization_mode(value: str | None) -> str | None:
-    """Normalise the user's setting: None / "" / "none" -> None; "int8" / "int4" as they are."""
-    if value is None or str(value).strip().lower() in ("", "none"):
-        return None
-    mode = str(value).strip().lower()
-    if mode not in MODES:
-        raise ValueError(f"quantization must be one of none, int8, int4; got {value!r}")
-    return mode
 
 
 def check_supported(mode: str, dtype: torch.dtype, device: torch.device) -> None:

@@ -34,29 +34,11 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-SPIECE_UNDERLINE = "▁"
-NUM_REGION_TOKENS = 100
+from .special_tokens import GROMA_TOKEN_NAMES, GROMA_TOKENS, NUM_REGION_TOKENS, region_tokens
 
-# DEFAULT_TOKENS of groma/constants.py, in the order train.py adds them (minus <s>, </s>, <unk>,
-# which already exist in the LLaMA vocabulary), then <r0>..<r99>.
-GROMA_TOKEN_NAMES: dict[str, str] = {
-    "pad": "[PAD]",
-    "sep": "<sep>",
-    "boi": "<img>",
-    "eoi": "</img>",
-    "bor": "<roi>",
-    "eor": "</roi>",
-    "boe": "<p>",
-    "eoe": "</p>",
-    "image": "<image>",
-    "region": "<region>",
-    "rbox": "<refer_box>",
-    "gbox": "<ground_box>",
-    "rfeat": "<refer_feat>",
-    "ground": "[grounding]",
-}
-REGION_TOKENS: tuple[str, ...] = tuple(f"<r{i}>" for i in range(NUM_REGION_TOKENS))
-GROMA_ADDED_TOKENS: tuple[str, ...] = tuple(GROMA_TOKEN_NAMES.values()) + REGION_TOKENS
+SPIECE_UNDERLINE = "▁"
+# added to the LLaMA vocabulary in this order (after any of <s>, </s>, <unk> the vocabulary lacks)
+GROMA_ADDED_TOKENS: tuple[str, ...] = GROMA_TOKENS + region_tokens(NUM_REGION_TOKENS)
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 # Appending this to a serialized ModelProto merges ``normalizer_spec { add_dummy_prefix: false }`` into
@@ -178,7 +160,7 @@ class GromaTokenizer:
         }
         for name in ("bos", "eos", "unk"):
             self.special_ids[name] = self.token_to_id(self._specials[name].content)
-        self._region_ids = tuple(self._added.get(t, -1) for t in REGION_TOKENS)
+        self._region_ids = tuple(self._added.get(t, -1) for t in region_tokens(NUM_REGION_TOKENS))
         self._region_index = {i: n for n, i in enumerate(self._region_ids) if i >= 0}
 
     @classmethod
@@ -307,13 +289,13 @@ class GromaTokenizer:
         """Ids of ``<r0>``..``<r99>`` (index n -> id of ``<rn>``)."""
         return self._region_ids
 
-    def region_token_id(self, n: int) -> int:
+    def region_id(self, n: int) -> int:
         """Id of ``<r{n}>``, the token naming kept region ``n``."""
         if not 0 <= n < NUM_REGION_TOKENS or self._region_ids[n] < 0:
             raise ValueError(f"no region token <r{n}> (0..{NUM_REGION_TOKENS - 1})")
         return self._region_ids[n]
 
-    def region_index(self, token_id: int) -> int | None:
+    def region_of(self, token_id: int) -> int | None:
         """``n`` if ``token_id`` is ``<rn>``, else ``None``."""
         return self._region_index.get(token_id)
 
@@ -342,9 +324,6 @@ class GromaTokenizer:
         if i in self._added_by_id:
             return self._added_by_id[i]
         raise ValueError(f"token id {i} outside the vocabulary (0..{len(self) - 1})")
-
-    def is_valid_id(self, i: int) -> bool:
-        return 0 <= i < len(self)
 
     def is_added_id(self, i: int) -> bool:
         """True for the Groma tokens (``[PAD]``, ``<p>``, ``<r3>``...), which are not SentencePiece pieces."""

@@ -10,6 +10,9 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
+from groma_ros.engine.modes import DECODE_MODES
+from groma_ros.model.precision import PRECISIONS, QUANTIZATIONS
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -30,12 +33,12 @@ SPECS: tuple[ParamSpec, ...] = (
               "`~/<name>/query` topic; the first is the default camera; \"\" = the unnamed camera (`image`, ...)."),
     ParamSpec("model.path", "", "Directory of a Groma checkpoint in the released format; empty = embedded default."),
     ParamSpec("model.device", "cpu", "torch device: cpu, cuda, cuda:N."),
-    ParamSpec("model.dtype", "float32", "Weights precision.", choices=("float32", "bfloat16", "float16")),
+    ParamSpec("model.dtype", "float32", "Weights precision.", choices=PRECISIONS),
     ParamSpec("model.decode", "auto", "LLM decoding: auto (static on a GPU, dynamic on the CPU), dynamic, static, "
               "compiled (GPU: one CUDA graph per token; compiled at activation).",
-              choices=("auto", "dynamic", "static", "compiled")),
+              choices=DECODE_MODES),
     ParamSpec("model.quantization", "none", "Weight-only quantization of the LLM linears (torchao): none, int8, "
-              "int4 (on a GPU: 4-bit packed, needs model.dtype bfloat16).", choices=("none", "int8", "int4")),
+              "int4 (on a GPU: 4-bit packed, needs model.dtype bfloat16).", choices=QUANTIZATIONS),
     ParamSpec("model.num_threads", 0, "CPU threads for torch; 0 = automatic.", min=0, max=256),
     ParamSpec("model.cache_frames", 4, "Frames whose perception (regions + prompt KV cache) is kept.", min=1, max=64),
     ParamSpec("image_transport", "raw", "Subscribe to `image` (raw) or `image/compressed`.",

@@ -13,9 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
+from groma_ros.model.precision import ALIASES, PRECISIONS, torch_dtype
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COPY_FILES = (
     "tokenizer.model",
     "tokenizer_config.json",
@@ -32,7 +31,7 @@ def convert(src: Path, dst: Path, dtype: str = "bf16", max_shard_gb: float = 5.0
 
     if Path(dst).resolve() == Path(src).resolve():
         raise ValueError("destination must differ from the source directory")
-    convert_checkpoint(Path(src), Path(dst), DTYPES[dtype], max_shard_bytes=int(max_shard_gb * (1 << 30)))
+    convert_checkpoint(Path(src), Path(dst), torch_dtype(dtype), max_shard_bytes=int(max_shard_gb * (1 << 30)))
     for name in COPY_FILES:
         if (Path(src) / name).is_file():
             shutil.copy2(Path(src) / name, Path(dst) / name)
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--dtype", choices=(*PRECISIONS, *ALIASES), default="bf16")
     parser.add_argument("--max-shard-gb", type=float, default=5.0)
     args = parser.parse_args(argv)
     from groma_ros.model import CheckpointError

@@ -136,9 +136,9 @@ def expand_ids(ids: list[int], t: GromaTokenIds, num_image_tokens: int, num_regi
             out.extend([t.image] * num_image_tokens)
         elif tok == t.region:
             for k in range(num_regions):
-                out.extend((t.region_index(k), t.region))
+                out.extend((t.region_id(k), t.region))
         elif tok == t.refer_box:
-            out.append(t.region_index(next(refer)))
+            out.append(t.region_id(next(refer)))
         else:
             out.append(tok)
     return out, len(out) - len(ids)

@@ -10,7 +10,7 @@ import cv2
 import pytest
 
 from groma_ros import cli
-from groma_ros.engine import engine as engine_mod
+from groma_ros.engine import loading
 
 from .conftest import make_image
 
@@ -83,7 +83,7 @@ def test_exit_codes(model_dir, png, capsys, argv, code, message):
 
 
 def test_missing_default_model_exit_3(monkeypatch, png, tmp_path, capsys):
-    monkeypatch.setattr(engine_mod, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
+    monkeypatch.setattr(loading, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
     assert cli.main(["detect", str(png), "--threads", "1"]) == 3
     err = capsys.readouterr().err
     assert "embedded default model is not installed" in err and "model.safetensors" in err

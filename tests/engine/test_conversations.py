@@ -239,7 +239,7 @@ def test_user_boxes_are_pinned_on_the_first_turn(make, image):
     k = next(r.index for r in first.regions if r.from_user)
     again, trace = eng._ask(None, "what colour is this?", boxes=[BOX], conversation_id="b", max_new_tokens=3)
     assert again.regions == first.regions and again.task == Task.REGION_QA
-    assert eng.model.config.token_ids.region_index(k) in trace.suffix_ids[0].tolist()[-20:]
+    assert eng.model.config.token_ids.region_id(k) in trace.suffix_ids[0].tolist()[-20:]
     with pytest.raises(BadRequestError, match="pinned its boxes"):
         eng.ask(None, "what is this?", boxes=[(0.0, 0.0, 30.0, 30.0)], conversation_id="b")
     eng.ask(image, "where is the mug?", conversation_id="plain", max_new_tokens=2)

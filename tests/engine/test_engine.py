@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from groma_ros.engine import BadRequestError, GromaEngine, Task
+from groma_ros.engine import BadRequestError, GromaEngine, Task, loading
 from groma_ros.engine import engine as engine_mod
+from groma_ros.engine.errors import ModelNotFoundError
 from groma_ros.engine.perception import pixels_to_cxcywh
 from groma_ros.engine.preprocess import preprocess
 
@@ -82,7 +83,7 @@ def test_prompt_ids_per_task(engine, image):
             k = next(r.index for r in answer.regions if r.from_user)
             suffix = trace.suffix_ids[0].tolist()
             assert t.refer_box not in suffix and suffix == [
-                t.region_index(k) if i == t.refer_box else i for i in got[len(prefix):]
+                t.region_id(k) if i == t.refer_box else i for i in got[len(prefix):]
             ]
         # prefix/suffix split is exact: prefix ids are shared
         assert got[: len(prefix)] == prefix
@@ -91,7 +92,7 @@ def test_prompt_ids_per_task(engine, image):
         assert exp.count(t.image) == engine.model.config.num_image_tokens
         assert exp.count(t.region) == len(answer.regions)
         assert [exp[i - 1] for i, x in enumerate(exp) if x == t.region] == [
-            t.region_index(k) for k in range(len(answer.regions))
+            t.region_id(k) for k in range(len(answer.regions))
         ]
     multi, trace = engine._ask(image, "find all the cups", frame_id="ids", max_new_tokens=1)
     assert trace.prompt_ids[len(prefix):] == tok.encode("USER: Locate all <p>the cups</p> in this image. ASSISTANT:",
@@ -235,10 +236,10 @@ def test_bad_images(engine, bad):
 
 
 def test_missing_default_model_names_files(monkeypatch, tmp_path):
-    monkeypatch.setattr(engine_mod, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
-    with pytest.raises(engine_mod.ModelNotFoundError, match="tokenizer.model"):
+    monkeypatch.setattr(loading, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
+    with pytest.raises(ModelNotFoundError, match="tokenizer.model"):
         GromaEngine.from_pretrained(None)
-    with pytest.raises(engine_mod.ModelNotFoundError, match="does not exist"):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
         GromaEngine.from_pretrained(str(tmp_path / "nope"))
 
 
@@ -251,14 +252,20 @@ def test_release(model_dir, image):
         eng.ask(image, "where is the mug?")
 
 
-def test_load_progress_bar_wraps_and_restores_loader(model_dir, monkeypatch, capsys):
-    from groma_ros.model import checkpoint
-
-    original = checkpoint._load_file
-    monkeypatch.setattr(engine_mod, "PROGRESS_MIN_BYTES", 0)
+def test_load_progress_bar(model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(loading, "PROGRESS_MIN_BYTES", 0)
     eng = GromaEngine.from_pretrained(str(model_dir), num_threads=1, progress=True)
-    assert checkpoint._load_file is original and eng.model_id == model_dir.name
+    assert eng.model_id == model_dir.name
     assert "loading" in capsys.readouterr().err
+
+
+def test_load_progress_callback_counts_every_weight_byte(model_dir):
+    reports: list[tuple[int, int]] = []
+    GromaEngine.from_pretrained(str(model_dir), num_threads=1, progress=lambda *report: reports.append(report))
+    total = loading.weight_bytes(model_dir)
+    assert reports and {t for _, t in reports} == {total}
+    done = [d for d, _ in reports]
+    assert len(done) > 10 and done == sorted(done) and done[-1] == total  # per tensor, then once loaded
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def test_parse_ids_grounded(tok: GromaTokenizer) -> None:
 
 
 def test_parse_ids_garbage(tok: GromaTokenizer) -> None:
-    ids = [-1, tok.token_to_id("<roi>"), 10**9, tok.region_token_id(3), "x", None, tok.token_to_id("</roi>")]
+    ids = [-1, tok.token_to_id("<roi>"), 10**9, tok.region_id(3), "x", None, tok.token_to_id("</roi>")]
     out = parse_ids(ids, tok, num_regions=5, expression="the mug")
     assert [(i.phrase, i.region_indices) for i in out.items] == [("the mug", (3,))]
     assert sum("dropped" in w for w in out.warnings) == 4
@@ -212,7 +212,7 @@ def test_parse_ids_multibyte_and_empty(tok: GromaTokenizer) -> None:
         + [
             tok.token_to_id("</p>"),
             tok.token_to_id("<roi>"),
-            tok.region_token_id(0),
+            tok.region_id(0),
             tok.token_to_id("</roi>"),
         ],
         tok,

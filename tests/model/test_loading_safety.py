@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from groma_ros.engine import GromaEngine
-from groma_ros.engine.engine import ModelLoadError
+from groma_ros.engine.errors import ModelLoadError
 from tests.support.models import make_tiny_model_dir
 
 torch.set_num_threads(1)

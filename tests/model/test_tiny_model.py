@@ -35,8 +35,8 @@ def test_sizes_derive_from_config(model):
         ids.region,
         ids.refer_box,
         ids.refer_feat,
-        ids.region_index(0),
-        ids.region_index(99),
+        ids.region_id(0),
+        ids.region_id(99),
     ) == (32000, 32008, 32009, 32010, 32012, 32014, 32113)
     with pytest.raises(ValueError, match="region_out_dim"):
         tiny_config(region_out_dim=64)
@@ -80,23 +80,23 @@ def test_encode_select_and_assemble(model):
         [[1, 5, t.image, 6, t.region, 7, t.refer_box, t.refer_feat, 8, t.refer_box, t.refer_feat, t.pad, 9]]
     )
     ex = model.expand_input_ids(ids, 3, refer_match=torch.tensor([2, 0]))
-    assert ex.prompt_ids[0, 6].item() == t.region_index(2) and ex.prompt_ids[0, 9].item() == t.region_index(0)
+    assert ex.prompt_ids[0, 6].item() == t.region_id(2) and ex.prompt_ids[0, 9].item() == t.region_id(0)
     expect = (
         [1, 5]
         + [t.image] * 64
         + [
             6,
-            t.region_index(0),
+            t.region_id(0),
             t.region,
-            t.region_index(1),
+            t.region_id(1),
             t.region,
-            t.region_index(2),
+            t.region_id(2),
             t.region,
             7,
-            t.region_index(2),
+            t.region_id(2),
             t.refer_feat,
             8,
-            t.region_index(0),
+            t.region_id(0),
             t.refer_feat,
         ]
     )
@@ -106,7 +106,7 @@ def test_encode_select_and_assemble(model):
     assert torch.equal(embeds[0, 2:66], vision.image_tokens[0])
     assert torch.equal(embeds[0, 68], region[0]) and torch.equal(embeds[0, 72], region[2])
     assert torch.equal(embeds[0, 75], region[2]) and torch.equal(embeds[0, 78], region[0])  # <refer_feat>
-    assert torch.equal(embeds[0, 67], model.new_input_embs.weight[t.region_index(0) - 256])
+    assert torch.equal(embeds[0, 67], model.new_input_embs.weight[t.region_id(0) - 256])
     with pytest.raises(ValueError):
         model.build_inputs_embeds(ex.input_ids, vision.image_tokens[0], region[:2], region[ex.refer_rows])
     with pytest.raises(ValueError, match="refer_box"):

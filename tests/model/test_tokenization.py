@@ -85,13 +85,13 @@ def test_added_tokens_release_order(tok: GromaTokenizer) -> None:
     assert len(tok) == v + 114
     assert [tok.token_to_id(t) for t in GROMA_ADDED_TOKENS] == list(range(v, v + 114))
     assert tok.token_to_id("[PAD]") == v and tok.token_to_id("[grounding]") == v + 13
-    assert tok.region_token_id(0) == v + 14 and tok.region_token_id(99) == v + 113
-    assert tok.region_index(v + 17) == 3 and tok.region_index(5) is None
+    assert tok.region_id(0) == v + 14 and tok.region_id(99) == v + 113
+    assert tok.region_of(v + 17) == 3 and tok.region_of(5) is None
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, v)
     assert tok.special_ids["boe"] == tok.token_to_id("<p>") and tok.special_ids["unk"] == 0
     assert tok.convert_ids_to_tokens([1, 2, v + 6]) == ["<s>", "</s>", "<p>"]
     with pytest.raises(ValueError):
-        tok.region_token_id(100)
+        tok.region_id(100)
     with pytest.raises(ValueError):
         tok.convert_ids_to_tokens(len(tok))
     with pytest.raises(KeyError):

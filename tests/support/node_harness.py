@@ -34,7 +34,7 @@ def ros_env(domain_id: int | None = None) -> None:
 
 def benchmark_model_dir(workdir: Path, endless: bool = True) -> tuple[Path, str]:
     """The embedded default model when installed, else a tiny random one; returns (dir, label)."""
-    from groma_ros.engine.engine import DEFAULT_MODEL_DIR, DEFAULT_MODEL_FILES
+    from groma_ros.engine.loading import DEFAULT_MODEL_DIR, DEFAULT_MODEL_FILES
     from tests.support.models import make_tiny_model_dir
 
     if all((DEFAULT_MODEL_DIR / f).is_file() for f in DEFAULT_MODEL_FILES):

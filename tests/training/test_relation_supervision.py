@@ -313,7 +313,7 @@ def test_dialogue_sequences_train_every_answer_and_point_back_at_the_referent(mo
             trained = [i for i, w in enumerate(seq.weights.tolist()) if w > 0 and w != s2.list_weight]
             assert eos[0] in trained and all(e in trained for e in eos)
             first_target = region_of[dialogue.turns[0].answer_objects[0][0]]
-            named = ids.index(t.region_index(first_target), eos[0] - 3)  # the <rK> of the first answer
+            named = ids.index(t.region_id(first_target), eos[0] - 3)  # the <rK> of the first answer
             assert named < eos[0]
             referent = region_of[dialogue.referents[1]]
             follow = [(p, k) for p, k in seq.pointer if p > eos[0] and p < eos[1]]

@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from groma_ros.engine.generation import greedy_decode
 from groma_ros.engine.perception import FrameCache, Perception, PrefixState, clip_user_box, fork_cache
 from groma_ros.engine.preprocess import ImageError, check_image, preprocess
+from groma_ros.model.generation import greedy_decode
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO / "tests" / "data" / "groma_parity"))

@@ -1,9 +1,10 @@
-"""Greedy decoding on top of a prefilled KV cache, with per-token streaming and cooperative cancel.
+"""The one greedy decoding loop (``GromaForConditionalGeneration.generate_greedy`` and the engine both run it),
+on top of a prefilled KV cache, with per-token streaming and cooperative cancel.
 
 Model-agnostic on purpose: the loop only sees "logits of the next position" and a ``step(token_id)``
 callable that feeds one token through the LLM (updating its cache) and returns the following logits.
 That keeps it testable without a model and lets the engine own the cache (the per-frame prefix must
-never be mutated by a query).
+never be mutated by a query). The stop token ends the loop and is not fed; ``token_ids`` leaves it out.
 
 Greedy = ``argmax`` (first index on ties), as ``generate(do_sample=False)`` with no logits processors.
 """

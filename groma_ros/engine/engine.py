@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from groma_ros.model.generation import GenerationOutput, greedy_decode
 
-from . import parsing, prompts
+from . import intents, parsing, prompts
 from .conversations import (
     Conversation,
     ConversationNotFoundError,
@@ -304,7 +304,7 @@ class GromaEngine:
         if task != Task.DETECT and not query.strip():
             raise BadRequestError("the query is empty")
         if task == Task.AUTO:
-            task = prompts.resolve_task(query, has_boxes=bool(boxes))
+            task = intents.resolve_task(query, has_boxes=bool(boxes))
         if task == Task.DETECT and conv_id is not None:
             raise BadRequestError("detect does not use the language model and is no conversation turn; "
                                   "ask it without conversation_id")

@@ -30,6 +30,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from groma_ros.engine import intents
 from groma_ros.engine.types import Task
 from groma_ros.model import special_tokens
 
@@ -121,197 +122,11 @@ DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
     "detect": 0,
 }
 
-_RESERVED = special_tokens.RESERVED_RE  # text that must never reach the model from user input
-
-
-def sanitize(text: str) -> str:
-    """User text with every Groma/LLaMA control token removed and whitespace collapsed."""
-    return " ".join(_RESERVED.sub(" ", text).split())
-
-
-# ---------------------------------------------------------------- spoken command -> expression
-_POLITE_HEAD = re.compile(
-    r"^(?:(?:hey|hi|ok(?:ay)?|so|now|robot|groma|please|kindly|"
-    r"(?:can|could|would|will)\s+you(?:\s+please)?|i\s+(?:want|need|would\s+like)\s+you\s+to|"
-    r"i\s+(?:want|need)|let'?s|try\s+to|go\s+and|and)\b[\s,:;!]*)+",
-    re.I,
-)
-_POLITE_TAIL = re.compile(
-    r"(?:[\s,]+(?:please|for\s+me|now|thanks|thank\s+you|"
-    r"in\s+(?:the|this)\s+(?:image|picture|photo|photograph|scene|frame|view))\b)+\s*$",
-    re.I,
-)
-# Command verbs whose object is the referring expression. Longest first (so "pick up" beats "pick").
-_REFER_VERBS = (
-    "point out",
-    "point to",
-    "point at",
-    "pick up",
-    "pick out",
-    "look at",
-    "look for",
-    "search for",
-    "show me where",
-    "show me",
-    "tell me where",
-    "hand me",
-    "give me",
-    "bring me",
-    "go to",
-    "move to",
-    "navigate to",
-    "reach for",
-    "find me",
-    "get me",
-    "pass me",
-    "pick",
-    "grab",
-    "take",
-    "get",
-    "fetch",
-    "bring",
-    "find",
-    "locate",
-    "detect",
-    "spot",
-    "identify",
-    "highlight",
-    "mark",
-    "ground",
-    "touch",
-    "push",
-    "select",
-    "track",
-    "follow",
-    "segment",
-)
-_VERB_RE = re.compile(r"^(?:" + "|".join(re.escape(v) for v in _REFER_VERBS) + r")\b\s*", re.I)
-_WHERE_RE = re.compile(
-    r"^(?:where(?:'s|\s+is|\s+are|'re|\s+was|\s+were|\s+can\s+i\s+find|\s+do\s+i\s+find)?|"
-    r"which\s+(?:one|object|thing|item|region)\s+is)\b\s*",
-    re.I,
-)
-_WHERE_PLURAL = re.compile(r"^where(?:\s+are|'re|\s+were)\b", re.I)
-_TAIL_LOC = re.compile(r"\s+(?:is|are)\s*(?:located|placed|situated)?\s*$", re.I)  # "where the mug is"
-_QUANT_RE = re.compile(r"^(?:all\s+of\s+|all\s+|every\s+|each\s+(?:of\s+)?|both\s+(?:of\s+)?)", re.I)
-_COUNT_RE = re.compile(
-    r"^(?:the\s+)?(?:two|three|four|five|six|seven|eight|nine|ten|several|many|\d+)\s+", re.I
-)
-_NOT_PLURAL_ENDINGS = ("ss", "us", "is", "ous", "'s")
-
-
-def _looks_plural(expr: str) -> bool:
-    """Crude English plural test on the head noun (the last word): ``cups`` yes, ``glass``/``bus`` no."""
-    words = re.findall(r"[A-Za-z']+", expr)
-    if not words:
-        return False
-    last = words[-1].lower()
-    return len(last) > 3 and last.endswith("s") and not last.endswith(_NOT_PLURAL_ENDINGS)
-
-
-@dataclass(frozen=True)
-class ReferTarget:
-    """What a referring command asks for: the expression and whether all instances are wanted."""
-
-    expression: str
-    multi: bool
-
-
-def normalize_command(query: str) -> ReferTarget:
-    """Turn a spoken-style command into a referring expression; never fails.
-
-    Rules, in order: strip control tokens; drop a polite head ("please", "can you", "robot,") and
-    tail ("please", "for me", "in the image", "?", "."); drop one command verb ("pick up", "grab",
-    "find", "point to", "show me", ...) or question head ("where is/are", "which one is"); drop a
-    trailing "is"/"are located"; then a quantifier ("all (of) the", "every", "each", "both") or a
-    count makes it multi-object and is dropped ("all the cups" -> "the cups"), as does "where are"
-    or a plural head noun. If nothing is left, the whole (sanitized) query is the expression.
-    """
-    original = sanitize(query)
-    text = original.strip(" \t.?!,;:")
-    text = _POLITE_HEAD.sub("", text)
-    text = _POLITE_TAIL.sub("", text).strip(" .?!,;:")
-    plural_verb = bool(_WHERE_PLURAL.match(text))
-    m = _VERB_RE.match(text) or _WHERE_RE.match(text)
-    if m:
-        text = text[m.end() :]
-        text = _POLITE_TAIL.sub("", text)
-    text = _TAIL_LOC.sub("", text).strip(" .?!,;:")
-    multi = plural_verb
-    q = _QUANT_RE.match(text)
-    if q:
-        text, multi = text[q.end() :], True
-    elif _COUNT_RE.match(text):
-        multi = True
-    text = text.strip(" .?!,;:")
-    if not text:
-        return ReferTarget(original.strip(" .?!") or original, False)
-    return ReferTarget(text, multi or _looks_plural(text))
-
-
-# ---------------------------------------------------------------- task resolution (AUTO)
-_CAPTION_RE = re.compile(
-    r"^(?:describe|caption|summari[sz]e|narrate)\b|"
-    r"\bwhat\s+(?:do|can|did)\s+you\s+see\b|\bwhat\s+is\s+(?:in|on)\s+(?:the|this)\s+(?:image|picture|photo|scene|view)\b|"
-    r"\bwhat(?:'s|\s+is)\s+(?:happening|going\s+on)\b|\btell\s+me\s+(?:about|what)\s+(?:the|this|you)\b|"
-    r"\b(?:describe|caption)\s+(?:the|this)\s+(?:image|picture|photo|scene|view)\b",
-    re.I,
-)
-_GENERIC_CAPTION_RE = re.compile(
-    r"^(?:(?:please\s+)?(?:describe|caption|summari[sz]e)(?:\s+(?:the|this)\s+(?:image|picture|photo|scene|view))?|"
-    r"what\s+(?:do|can)\s+you\s+see|what(?:'s|\s+is)\s+in\s+(?:the|this)\s+(?:image|picture|photo|scene|view))"
-    r"[\s.?!]*$",
-    re.I,
-)
-_VQA_RE = re.compile(
-    r"^(?:how\s+many|how\s+much|is|are|was|were|am|do|does|did|can|could|will|would|should|shall|has|have|had|"
-    r"what|why|how|who|whose|when|which)\b",
-    re.I,
-)
-
-
-def resolve_task(query: str, has_boxes: bool) -> Task:
-    """Pick a task for AUTO, in this order (the first that matches wins):
-
-    1. a user box is given -> REGION_QA;
-    2. a description request ("describe ...", "caption", "what do you see", "what is in the image")
-       -> GROUNDED_CAPTION;
-    3. a command or where-question after an optional polite head ("pick up", "find", "show me",
-       "where is", "can you find ...") -> REFER;
-    4. "how many" or another question form (yes/no auxiliaries, what/why/how/who/which) -> VQA;
-    5. anything else (a bare noun phrase such as "the red mug", "all the cups") -> REFER.
-    Multi-object REFER ("all the X", plurals) is decided later by ``normalize_command``.
-    """
-    if has_boxes:
-        return Task.REGION_QA
-    text = sanitize(query).strip()
-    if not text:
-        return Task.GROUNDED_CAPTION
-    if _CAPTION_RE.search(text):
-        return Task.GROUNDED_CAPTION
-    if re.match(r"^how\s+many\b", text, re.I):
-        return Task.VQA
-    head = _POLITE_HEAD.sub("", text)
-    if _VERB_RE.match(head) or _WHERE_RE.match(head):
-        return Task.REFER
-    if _VQA_RE.match(text):
-        return Task.VQA
-    return Task.REFER
+sanitize = special_tokens.strip_reserved  # user text never carries a control token into the model
 
 
 # ---------------------------------------------------------------- region QA messages
 _PLACEHOLDER_RE = re.compile(r"<box>|\{box\}|\{\}")
-_DEICTIC_RE = re.compile(
-    r"\b(?:this|that)\s+(?:object|region|thing|item|area|one)\b|\b(?:this|that|it)\b", re.I
-)
-_DESCRIBE_DEFAULT_RE = re.compile(
-    r"^(?:(?:please\s+)?(?:describe|caption)(?:\s+(?:it|this|that|the\s+box|the\s+region|this\s+region|"
-    r"this\s+object|them|these))?)?[\s.?!]*$",
-    re.I,
-)
-_DETAIL_RE = re.compile(r"\b(?:in\s+detail|detailed|details)\b", re.I)
-
-
 def _join_refs(refs: list[str]) -> str:
     return refs[0] if len(refs) == 1 else ", ".join(refs[:-1]) + " and " + refs[-1]
 
@@ -333,21 +148,16 @@ def region_qa_message(question: str, num_boxes: int) -> str:
     raw = question.strip()
     if len(_PLACEHOLDER_RE.findall(raw)) == n:
         parts = _PLACEHOLDER_RE.split(raw)
-        parts = [re.sub(r"\s+", " ", _RESERVED.sub(" ", p)) for p in parts]
+        parts = [re.sub(r"\s+", " ", special_tokens.RESERVED_RE.sub(" ", p)) for p in parts]
         out = parts[0]
         for ref, part in zip(refs, parts[1:], strict=True):
             out += ref + part
         return out.strip()
     text = sanitize(_PLACEHOLDER_RE.sub(" ", raw))
-    if _DESCRIBE_DEFAULT_RE.match(text) or (_DETAIL_RE.search(text) and len(text.split()) <= 6):
-        template = REGION_DETAIL_TEMPLATES[1] if _DETAIL_RE.search(text) else REGION_BRIEF_TEMPLATES[1]
+    if intents.is_generic_region_request(text):
+        template = REGION_DETAIL_TEMPLATES[1] if intents.wants_detail(text) else REGION_BRIEF_TEMPLATES[1]
         return template.format(_join_refs(refs))
-    remaining = list(refs)
-
-    def place(m: re.Match[str]) -> str:
-        return remaining.pop(0) if remaining else m.group(0)
-
-    text = _DEICTIC_RE.sub(place, text)
+    text, remaining = intents.replace_deictic(text, refs)
     if remaining:
         text = f"Regarding {_join_refs(remaining)}, {text[:1].lower()}{text[1:]}"
     return text[:1].upper() + text[1:]  # training questions are capitalised
@@ -403,20 +213,20 @@ class PromptBuilder:
         """Prompt for ``query``; AUTO is resolved with ``resolve_task``. Never raises on odd text."""
         task = Task.parse(task)
         if task == Task.AUTO:
-            task = resolve_task(query, num_boxes > 0)
+            task = intents.resolve_task(query, num_boxes > 0)
         expression: str | None = None
         multi = False
         if task == Task.DETECT:
             return BuiltPrompt(task, PREFIX, "", "", None, False, 0, num_boxes, uses_llm=False)
         if task == Task.REFER:
-            target = normalize_command(query)
+            target = intents.normalize_command(query)
             expression, multi = target.expression, target.multi
             template = self.multi_template if multi else self.refer_template
             message = template.format(f"<p>{expression}</p>")
             budget = "refer_multi" if multi else "refer"
         elif task == Task.GROUNDED_CAPTION:
             text = sanitize(query)
-            if not text or _GENERIC_CAPTION_RE.match(text):
+            if not text or intents.is_generic_caption(text):
                 text = self.caption_instruction
             message = GROUNDING_TOKEN + text
             budget = "grounded_caption"
@@ -428,11 +238,3 @@ class PromptBuilder:
             budget = "vqa"
         limit = self.max_new_tokens[budget] if max_new_tokens is None else int(max_new_tokens)
         return BuiltPrompt(task, PREFIX, suffix_for(message), message, expression, multi, limit, num_boxes)
-
-
-def build_prompt(task: Task | str | int, query: str, num_boxes: int = 0) -> BuiltPrompt:
-    """``PromptBuilder().build`` with the default templates."""
-    return _DEFAULT_BUILDER.build(task, query, num_boxes)
-
-
-_DEFAULT_BUILDER = PromptBuilder()

@@ -56,3 +56,8 @@ def parse_region_token(text: str) -> int | None:
 # every text that is one token with a meaning (user input must never carry one into the model)
 RESERVED_RE = re.compile("|".join(re.escape(t) for t in sorted(GROMA_TOKENS + LLAMA_TOKENS, key=len, reverse=True))
                          + r"|<r\d+>")
+
+
+def strip_reserved(text: str) -> str:
+    """``text`` with every Groma/LLaMA control token removed and whitespace collapsed."""
+    return " ".join(RESERVED_RE.sub(" ", text).split())

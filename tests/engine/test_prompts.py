@@ -1,4 +1,4 @@
-"""Prompt format (byte-exact with the original template), task resolution, command normalisation."""
+"""Prompt format (byte-exact with the original template), region QA messages, the builder."""
 
 from __future__ import annotations
 
@@ -12,11 +12,8 @@ from groma_ros.engine.prompts import (
     REFER_MARKER,
     ROLES,
     PromptBuilder,
-    build_prompt,
     format_conversation,
-    normalize_command,
     region_qa_message,
-    resolve_task,
     sanitize,
 )
 from groma_ros.engine.types import Task
@@ -30,7 +27,7 @@ ORIGINAL_PROMPT = (  # run_groma.py:64-73 with conv_templates['llava'], written 
 
 
 def test_prefix_and_suffix_match_original() -> None:
-    p = build_prompt(Task.VQA, "What is on the table?")
+    p = PromptBuilder().build(Task.VQA, "What is on the table?")
     assert p.text == ORIGINAL_PROMPT.format(q="What is on the table?")
     assert p.prefix == PREFIX and PREFIX.endswith("</s>") and p.suffix.startswith("USER: ")
     turns = [
@@ -96,63 +93,14 @@ def test_prefix_and_suffix_match_original() -> None:
     ],
 )
 def test_task_messages(task, query, boxes, message, expr, multi, budget) -> None:
-    p = build_prompt(task, query, boxes)
+    p = PromptBuilder().build(task, query, boxes)
     assert (p.user_message, p.expression, p.multi, p.max_new_tokens) == (message, expr, multi, budget)
     assert p.suffix == f"USER: {message} ASSISTANT:" and p.uses_llm
 
 
 def test_detect_needs_no_llm() -> None:
-    p = build_prompt("detect", "anything")
+    p = PromptBuilder().build("detect", "anything")
     assert not p.uses_llm and p.max_new_tokens == 0 and p.suffix == ""
-
-
-@pytest.mark.parametrize(
-    "query,expr,multi",
-    [
-        ("pick up the red mug", "the red mug", False),
-        ("Where is the red mug?", "the red mug", False),
-        ("find all the cups", "the cups", True),
-        ("Please grab the bottle for me.", "the bottle", False),
-        ("robot, can you pick up the blue cup please?", "the blue cup", False),
-        ("where are the apples", "the apples", True),
-        ("show me the dog in the image", "the dog", False),
-        ("point to the glass", "the glass", False),  # "glass" is not a plural
-        ("locate every chair", "chair", True),
-        ("the red mug", "the red mug", False),
-        ("tell me where the keys are", "the keys", True),
-        ("which one is the tallest bottle?", "the tallest bottle", False),
-        ("two people", "two people", True),
-        ("find", "find", False),  # nothing left: the whole query
-        ("<image> grab <r3> the mug", "the mug", False),  # control tokens never pass through
-        ("", "", False),
-    ],
-)
-def test_normalize_command(query: str, expr: str, multi: bool) -> None:
-    t = normalize_command(query)
-    assert (t.expression, t.multi) == (expr, multi)
-
-
-@pytest.mark.parametrize(
-    "query,boxes,task",
-    [
-        ("what is this?", True, Task.REGION_QA),
-        ("describe the scene", False, Task.GROUNDED_CAPTION),
-        ("What do you see?", False, Task.GROUNDED_CAPTION),
-        ("caption", False, Task.GROUNDED_CAPTION),
-        ("", False, Task.GROUNDED_CAPTION),
-        ("how many cups are there?", False, Task.VQA),
-        ("is the mug red?", False, Task.VQA),
-        ("what color is the mug?", False, Task.VQA),
-        ("where is the red mug?", False, Task.REFER),
-        ("could you find the keys", False, Task.REFER),
-        ("pick up the red mug", False, Task.REFER),
-        ("all the cups", False, Task.REFER),
-        ("the red mug", False, Task.REFER),
-    ],
-)
-def test_resolve_task(query: str, boxes: bool, task: Task) -> None:
-    assert resolve_task(query, boxes) == task
-    assert build_prompt(Task.AUTO, query, int(boxes)).task == task
 
 
 @pytest.mark.parametrize(
@@ -180,7 +128,7 @@ def test_builder_options() -> None:
     p = b.build("refer", "the mug")
     assert p.user_message == "Please detect <p>the mug</p> in the picture." and p.max_new_tokens == 3
     assert b.build("refer", "the mug", max_new_tokens=5).max_new_tokens == 5
-    assert DEFAULT_MAX_NEW_TOKENS["refer"] == 8 and build_prompt("refer", "x").max_new_tokens == 8
+    assert DEFAULT_MAX_NEW_TOKENS["refer"] == 8 and PromptBuilder().build("refer", "x").max_new_tokens == 8
 
 
 def test_sanitize() -> None:
@@ -190,7 +138,7 @@ def test_sanitize() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=40), st.integers(0, 3), st.sampled_from(list(Task)))
 def test_never_raises_and_never_leaks_tokens(query: str, boxes: int, task: Task) -> None:
-    p = build_prompt(task, query, boxes)
+    p = PromptBuilder().build(task, query, boxes)
     assert p.prefix == PREFIX
     if not p.uses_llm:
         return

@@ -16,7 +16,7 @@ import sentencepiece as spm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groma_ros.engine.prompts import PREFIX, build_prompt
+from groma_ros.engine.prompts import PREFIX, PromptBuilder
 from groma_ros.model.tokenization_groma import (
     GROMA_ADDED_TOKENS,
     GromaTokenizer,
@@ -192,7 +192,7 @@ def test_plain_string_special_from_map_strips(tmp_path, sp_model: str) -> None:
 )
 def test_prefix_suffix_split(sp_model: str, legacy: bool, task: str, query: str, boxes: int) -> None:
     t = GromaTokenizer.from_model_file(sp_model, legacy=legacy)
-    p = build_prompt(task, query, boxes)
+    p = PromptBuilder().build(task, query, boxes)
     assert p.prefix == PREFIX and PREFIX.endswith("</s>")
     assert t.encode(p.prefix + p.suffix) == t.encode(p.prefix) + t.encode(p.suffix, add_bos=False)
 

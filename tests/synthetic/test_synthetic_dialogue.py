@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from groma_ros.engine.prompts import build_prompt
+from groma_ros.engine.prompts import PromptBuilder
 from groma_ros.synthetic.dialogue import FOLLOWUP_KINDS, generate_dialogues, resolve_followup
 from groma_ros.synthetic.scenes import Scene, SceneObject, generate_scene
 from groma_ros.synthetic.texts import DIALOGUE_WORDS, VOCABULARY, resolve, words
@@ -93,7 +93,8 @@ def test_words_are_in_the_vocabulary_and_the_prompts_are_the_builders():
     used = {w for _, d in DIALOGUES for t in d.turns for w in words(t.query) + words(t.answer)
             if not w.startswith("{")}
     assert DIALOGUE_WORDS <= used <= VOCABULARY
-    assert build_prompt("auto", "and the bigger one?").user_message == "Locate <p>the bigger one</p> in the image."
-    assert build_prompt("auto", "the one left of it").user_message == "Locate <p>the one left of it</p> in the image."
-    assert build_prompt("auto", "the other one").task.name == "REFER"
-    assert build_prompt("auto", "what colour is it?").user_message == "what colour is it?"
+    build = PromptBuilder().build
+    assert build("auto", "and the bigger one?").user_message == "Locate <p>the bigger one</p> in the image."
+    assert build("auto", "the one left of it").user_message == "Locate <p>the one left of it</p> in the image."
+    assert build("auto", "the other one").task.name == "REFER"
+    assert build("auto", "what colour is it?").user_message == "what colour is it?"

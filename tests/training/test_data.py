@@ -7,7 +7,7 @@ import random
 import torch
 
 from groma_ros.engine.engine import GromaEngine
-from groma_ros.engine.prompts import PREFIX, build_prompt
+from groma_ros.engine.prompts import PREFIX, PromptBuilder
 from groma_ros.synthetic.texts import TextSample, generate_samples
 from groma_ros.training import cache as cache_mod
 from groma_ros.training import data, sequences
@@ -18,7 +18,7 @@ def test_prompt_part_equals_engine_encoding_and_answer_is_tagged(tokenizer):
     enc = data.PromptEncoder(tokenizer)
     sample = TextSample("refer", "the large blue square", "{roi0}", [], [[1]], "attribute")
     out = enc.encode(sample, {0: 0, 1: 3})
-    built = build_prompt("refer", "the large blue square")
+    built = PromptBuilder().build("refer", "the large blue square")
     prompt = tokenizer.encode(PREFIX) + tokenizer.encode(built.suffix, add_bos=False)
     assert out.ids[:out.answer_start] == prompt
     assert tokenizer.convert_ids_to_tokens(out.ids[out.answer_start:]) == ["<roi>", "<r3>", "</roi>", "</s>"]
@@ -30,12 +30,12 @@ def test_region_qa_query_uses_the_engine_placeholder():
     sample = TextSample("region_qa", "what colour is {refer0}?", "blue", [2], [], "colour")
     task, query, n = data.engine_query(sample)
     assert (task.name, query, n) == ("REGION_QA", "what colour is {}?", 1)
-    assert build_prompt(task, query, 1).user_message == "what colour is <roi><refer_box></roi><refer_feat>?"
+    assert PromptBuilder().build(task, query, 1).user_message == "what colour is <roi><refer_box></roi><refer_feat>?"
 
 
 def test_expand_ids_matches_model(model, tokenizer):
     t = model.config.token_ids
-    ids = tokenizer.encode(PREFIX) + tokenizer.encode(build_prompt("region_qa", "what is {}?", 1).suffix,
+    ids = tokenizer.encode(PREFIX) + tokenizer.encode(PromptBuilder().build("region_qa", "what is {}?", 1).suffix,
                                                       add_bos=False)
     ours, _ = data.expand_ids(ids, t, model.config.num_image_tokens, 5, [2])
     theirs = model.expand_input_ids(torch.tensor([ids]), 5, torch.tensor([2]))

@@ -362,7 +362,7 @@ def test_dialogue_sequences_train_every_answer_and_point_back_at_the_referent(mo
 
 def test_dialogue_encoding_is_the_multi_turn_template(tokenizer):
     """Turn by turn as the engine continues a conversation, and the same as tokenizing the whole conversation."""
-    from groma_ros.engine.prompts import PREFIX, build_prompt
+    from groma_ros.engine.prompts import PREFIX, PromptBuilder
     from groma_ros.synthetic.texts import TextSample
 
     enc = data.PromptEncoder(tokenizer)
@@ -370,7 +370,7 @@ def test_dialogue_encoding_is_the_multi_turn_template(tokenizer):
              TextSample("refer", "and the bigger one?", "{roi0}", [], [[2]], "comparative"),
              TextSample("vqa", "what colour is it?", "blue", [], [], "attribute")]
     out = enc.encode_dialogue(turns, {0: 3, 2: 1})
-    text = PREFIX + "".join(build_prompt(data.engine_query(s)[0], s.query).suffix + f" {a}</s>"
+    text = PREFIX + "".join(PromptBuilder().build(data.engine_query(s)[0], s.query).suffix + f" {a}</s>"
                             for s, a in zip(turns, ["<roi><r3></roi>", "<roi><r1></roi>", "blue"], strict=True))
     assert out.ids == tokenizer.encode(text)
     assert [tokenizer.decode(out.ids[a:b]) for a, b in out.answers] == ["<roi><r3></roi></s>", "<roi><r1></roi></s>",

@@ -2,7 +2,7 @@
 
 The original squashes every image to the model's square input (no padding, aspect ratio not kept) and then
 applies BitImageProcessor (rescale 1/255 in float64, cast to float32, ImageNet mean/std in float32).
-Two resize filters exist in the original (reference §4): the demo script uses PIL bicubic, while the
+Two resize filters exist in the original: the demo script uses PIL bicubic, while the
 training data pipeline and the REC/RefCOCOg evaluations use mmdet's cv2 **bilinear** resize. We default to
 bilinear: it is what the proposer and LLM saw during training and in the published grounding numbers, and
 OpenCV is already a dependency. ``interpolation="bicubic"`` reproduces the demo script (PIL's antialiased

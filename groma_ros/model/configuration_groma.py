@@ -33,7 +33,7 @@ BOX_CONVENTIONS = ("original", "corrected")
 SPECIAL_TOKENS = GROMA_TOKENS
 
 
-# The released groma-7b-finetune sub-configs (reference §2): used when a sub-config is not given at all.
+# The released groma-7b-finetune sub-configs (as its config.json nests them): used where a sub-config is absent.
 RELEASED_VISION = {
     "model_type": "dinov2",
     "hidden_size": 1024,

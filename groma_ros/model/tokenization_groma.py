@@ -2,8 +2,8 @@
 
 The released model was trained and evaluated with the *slow* ``LlamaTokenizer`` of transformers 4.32
 (``use_fast=False``) plus 114 added tokens. Newer transformers tokenize text next to added tokens
-differently (see ``groma_reference.md`` §4), and the model only understands the ids it was trained
-with, so this module re-implements the 4.32 algorithm on top of ``sentencepiece`` alone:
+differently (whitespace next to added tokens, ``legacy`` prefixes), and the model only understands the ids
+it was trained with, so this module re-implements the 4.32 algorithm on top of ``sentencepiece`` alone:
 
 1. ``legacy=False`` only: replace every "▁" in the text by " " and prepend one "▁"; the SentencePiece
    model is loaded with ``add_dummy_prefix`` switched off.

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import os
 import queue
 import signal
 import sys
@@ -30,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -49,7 +48,7 @@ from groma_ros.drawing import draw_grounding
 from groma_ros.engine.parsing import StreamParser
 from groma_ros.engine.types import Answer, Status, Task
 from groma_ros.msg import GroundedAnswer, GroundedDetection3DArray, GroundedDetectionArray
-from groma_ros.ros import messages
+from groma_ros.ros import diagnostics, messages
 from groma_ros.ros.camera import CameraInput
 from groma_ros.ros.frame_buffer import Frame, stamp_to_ns
 from groma_ros.ros.image_codec import ImageConversionError, compressed_to_rgb8, cv2_to_imgmsg, imgmsg_to_rgb8
@@ -727,18 +726,12 @@ class GromaNode(LifecycleNode):
         p = self.params
         with self._stats_lock:
             stats = dict(self._stats)
-        label = self._state_machine.current_state[1]
-        level = DiagnosticStatus.OK if self._active else DiagnosticStatus.WARN
-        message = label
-        if self._model_error:
-            level, message = DiagnosticStatus.ERROR, f"model failed to load: {self._model_error}"
         worker = self.worker
         values = {
-            "state": label,
             "model": self._model_id(),
             "device": p.model_device if p else "",
             "dtype": p.model_dtype if p else "",
-            "rss_mb": f"{_rss_mb():.1f}",
+            "rss_mb": f"{diagnostics.rss_mb():.1f}",
             "queue_depth": str(worker.depth if worker else 0),
             "frames_received": str(sum(c.frames.received for c in self.cameras.values())),
             "answered": str(stats["answered"]),
@@ -750,10 +743,8 @@ class GromaNode(LifecycleNode):
         }
         for camera in self.cameras.values():
             values[f"frames_received/{camera.name or '(unnamed)'}"] = str(camera.frames.received)
-        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: groma", message=message,
-                                  hardware_id=values["device"],
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        array = DiagnosticArray(status=[status])
+        array = diagnostics.groma_status(self.get_fully_qualified_name(), self._state_machine.current_state[1],
+                                         self._active, self._model_error, values)
         array.header.stamp = self.get_clock().now().to_msg()
         self._publishers_["diagnostics"].publish(array)
 
@@ -797,15 +788,6 @@ def _answer_score(answer: Answer | None) -> float:
     scores = [g * region.score for item in answer.items
               for region, g in zip(item.regions, messages.grounding_scores(item), strict=True)]
     return max(scores, default=0.0)
-
-
-def _rss_mb() -> float:
-    """Resident memory of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return 0.0
 
 
 def _empty_device_cache() -> None:

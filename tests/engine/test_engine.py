@@ -299,7 +299,7 @@ class _IdTokenizer:
 @pytest.mark.slow
 def test_cached_prefix_reproduces_original_generation(tmp_path, monkeypatch):
     """Prefix (up to ``</s>``) prefilled once per region set, each prompt's suffix on a fork of it: the
-    greedy tokens and every step's logits equal the original's ``generate`` (README §7 tolerance)."""
+    greedy tokens and every step's logits equal the original's ``generate`` (the parity fixture's tolerance)."""
     import json
     import os
     from pathlib import Path

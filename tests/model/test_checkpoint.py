@@ -20,7 +20,7 @@ torch.set_num_threads(2)
 
 
 def released_7b_keys() -> dict[str, tuple[int, ...]]:
-    """The groma-7b state_dict (4.32 names, incl. aliases) written out from the reference §1 patterns."""
+    """The groma-7b state_dict (4.32 names, incl. aliases) written out from its key patterns."""
     D, d, H, V, FF, N = 1024, 256, 4096, 32000, 11008, 114
     k: dict[str, tuple[int, ...]] = {}
 

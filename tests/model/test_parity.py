@@ -1,4 +1,4 @@
-"""Parity with the original implementation on the shared fixture (README §7 tolerances)."""
+"""Parity with the original implementation on the shared fixture (tolerances: tests/data/groma_parity/README.md)."""
 
 import os
 from pathlib import Path

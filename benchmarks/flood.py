@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         log = Path(tmp) / "node.log"
         proc = start_node(model, log, "-p", "queue_size:=4", "-p", "max_new_tokens:=4",
                           "-p", "max_image_age_s:=0.0", node_name="groma_flood")
-        peer = Peer("flood_client", node_name="groma_flood")
+        peer = Peer("flood_client", node_name="groma_flood", keep_all=True)
         action = ActionClient(peer.node, Ground, f"{peer.base}/ground", goal_service_qos_profile=deep,
                               result_service_qos_profile=deep, cancel_service_qos_profile=deep)
         try:
-            if not peer.wait_active():
+            if not (peer.wait_active() and peer.wait_answering()):
                 raise RuntimeError(log.read_text())
             peer.publish_frame(settle_s=0.3)
             node = psutil.Process(proc.pid)

@@ -86,14 +86,16 @@ class Peer:
     detection-laden answer, the consumer's cost: a C++ planner pays a fraction of it).
     """
 
-    def __init__(self, name: str, node_name: str = "groma") -> None:
+    def __init__(self, name: str, node_name: str = "groma", keep_all: bool = False) -> None:
+        """``keep_all``: the query writer and answer reader keep every sample (KEEP_ALL), as a client whose
+        bursts outgrow any fixed depth must (the README's guarantee); else they keep the last 1000."""
         import rclpy
         import rclpy.executors
         from groma_ros.action import Ground
         from groma_ros.msg import GroundedAnswer
         from lifecycle_msgs.srv import ChangeState, GetState
         from rclpy.action import ActionClient
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
         from std_msgs.msg import String
 
@@ -106,8 +108,9 @@ class Peer:
         self.compressed = n.create_publisher(CompressedImage, "/cam/image_raw/compressed", reliable)
         self.depth = n.create_publisher(Image, "/cam/depth", reliable)
         self.depth_info = n.create_publisher(CameraInfo, "/cam/depth_info", reliable)
-        self.query = n.create_publisher(String, f"{self.base}/query", QoSProfile(
-            depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+        deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                          history=HistoryPolicy.KEEP_ALL if keep_all else HistoryPolicy.KEEP_LAST)
+        self.query = n.create_publisher(String, f"{self.base}/query", deep)
         self.received: list[tuple[float, Any]] = []
         from rclpy.serialization import deserialize_message
 
@@ -115,9 +118,8 @@ class Peer:
             arrived = time.perf_counter()
             self.received.append((arrived, deserialize_message(data, GroundedAnswer)))
 
-        self.answer_subscription = n.create_subscription(
-            GroundedAnswer, f"{self.base}/answer", on_answer,
-            QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE), raw=True)
+        self.answer_subscription = n.create_subscription(GroundedAnswer, f"{self.base}/answer", on_answer, deep,
+                                                         raw=True)
         self.action = ActionClient(n, Ground, f"{self.base}/ground")
         self.change_state = n.create_client(ChangeState, f"{self.base}/change_state")
         self.get_state = n.create_client(GetState, f"{self.base}/get_state")

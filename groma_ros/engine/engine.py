@@ -509,7 +509,7 @@ class GromaEngine:
         """LLM ids of a user message (``<refer_box>`` i -> ``<r refer[i]>``), the positions of its
         ``<refer_feat>`` and the region index each of them takes, in order."""
         t = self._ids
-        forbidden = {t.image: "<image>", t.region: "<region>", t.pad: "[PAD]", t.ground_box: "<ground_box>"}
+        forbidden = {i: t.text_of(i) for i in (t.image, t.region, t.pad, t.ground_box)}
         bad = sorted({forbidden[i] for i in raw if i in forbidden})
         if bad:
             raise BadRequestError(f"the query must not contain the reserved token(s) {', '.join(bad)}")

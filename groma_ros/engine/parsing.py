@@ -25,13 +25,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from groma_ros.model.special_tokens import GROMA_TOKENS, LLAMA_TOKENS, NUM_REGION_TOKENS
+from groma_ros.model.special_tokens import (
+    GROMA_TOKENS,
+    LLAMA_TOKENS,
+    NUM_REGION_TOKENS,
+    PHRASE_CLOSE,
+    PHRASE_OPEN,
+    ROI_CLOSE,
+    ROI_OPEN,
+)
 
 # Never glued with "]" or ">": that could rebuild a tag ("[PAD" + tag + "]") in the plain text.
 _CLOSING_PUNCT = frozenset(".,;:!?)'\"%…")
 # Known tags first; then anything tag-like (the original strips every ``<...>``).
 _KNOWN_TAGS = GROMA_TOKENS + LLAMA_TOKENS
-_STRUCTURE_TAGS = ("<p>", "</p>", "<roi>", "</roi>", "</s>")
+_STRUCTURE_TAGS = (PHRASE_OPEN, PHRASE_CLOSE, ROI_OPEN, ROI_CLOSE, "</s>")  # matched by their own groups
 _TAG_RE = re.compile(
     r"<(?P<close>/?)(?P<name>p|roi)>|<r(?P<region>0|[1-9]\d{0,5})>|(?P<eos></s>)|(?P<other>"
     + "|".join(re.escape(t) for t in _KNOWN_TAGS if t not in _STRUCTURE_TAGS)

@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import DeformableDetrConfig, Dinov2Config, LlamaConfig, PreTrainedConfig
 
-from .special_tokens import GROMA_TOKENS, parse_region_token, region_token
+from .special_tokens import GROMA_TOKEN_NAMES, GROMA_TOKENS, parse_region_token, region_token
 
 # 4.32 class defaults that differ from the transformers 5.x defaults (checked against meta.json config_full;
 # Dinov2's patch_size was 16 in 4.32, which is why 4.32 wrote ``patch_size: 14`` explicitly).
@@ -127,27 +127,27 @@ class GromaTokenIds:
 
     @property
     def image(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index("<image>")
+        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["image"])
 
     @property
     def region(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index("<region>")
+        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["region"])
 
     @property
     def refer_box(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index("<refer_box>")
+        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["rbox"])
 
     @property
     def ground_box(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index("<ground_box>")
+        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["gbox"])
 
     @property
     def refer_feat(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index("<refer_feat>")
+        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["rfeat"])
 
     @property
     def grounding(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index("[grounding]")
+        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["ground"])
 
     def by_name(self, name: str) -> int:
         """Id of a special token by its text, e.g. ``"<roi>"`` or ``"<r12>"``."""
@@ -168,6 +168,16 @@ class GromaTokenIds:
         """Inverse of ``region_id``: k for an ``<rk>`` id, else None."""
         k = token_id - self.vocab - len(SPECIAL_TOKENS)
         return k if 0 <= k < self.num_regions else None
+
+    def text_of(self, token_id: int) -> str:
+        """Inverse of ``by_name``: the text of a Groma token id (``KeyError`` for any other id)."""
+        k = token_id - self.vocab
+        if 0 <= k < len(SPECIAL_TOKENS):
+            return SPECIAL_TOKENS[k]
+        region = self.region_of(token_id)
+        if region is None:
+            raise KeyError(token_id)
+        return region_token(region)
 
     def as_dict(self) -> dict[str, int]:
         names = list(SPECIAL_TOKENS) + [region_token(k) for k in range(self.num_regions)]

@@ -301,3 +301,17 @@ def test_load_bare_and_bad_dirs(tmp_path, sp_model: str) -> None:
     assert GromaTokenizer.from_pretrained(d).token_to_id("<r0>") == t.vocab_size + 14
     with pytest.raises(FileNotFoundError):
         GromaTokenizer.from_pretrained(tmp_path / "missing")
+
+
+def test_token_ids_and_texts_are_inverse():
+    from groma_ros.model.configuration_groma import GromaTokenIds
+    from groma_ros.model.special_tokens import GROMA_TOKENS
+
+    ids = GromaTokenIds(vocab=32000, num_regions=100)
+    for text in (*GROMA_TOKENS, "<r0>", "<r99>"):
+        assert ids.text_of(ids.by_name(text)) == text
+    assert ids.region_of(ids.region_id(7)) == 7 and ids.region_of(ids.refer_box) is None
+    with pytest.raises(KeyError):
+        ids.text_of(5)
+    with pytest.raises(KeyError):
+        ids.by_name("<r01>")  # no leading zeros: the tokenizer has no such token either

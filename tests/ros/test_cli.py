@@ -219,7 +219,12 @@ class Tour:
         assert out.strip() == "Transitioning successful", out
         assert self.peer.state() == State.PRIMARY_STATE_ACTIVE
         assert self.peer.spin_until(self.peer.matched, 30)
+        # activate subscribes anew: until the streaming camera's next frame arrives the answer is NO_IMAGE
+        deadline = time.monotonic() + 30
         answer = self.peer.ask("where is the blue box?", timeout=60)
+        while answer.status == GroundedAnswer.NO_IMAGE and time.monotonic() < deadline:
+            self.peer.pause(0.2)
+            answer = self.peer.ask("where is the blue box?", timeout=60)
         assert answer.status == GroundedAnswer.OK and self.camera.sent_header(answer.header), answer.error
 
     def interface_show(self, out: str) -> None:

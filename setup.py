@@ -3,6 +3,8 @@
 ``GROMA_INSTALL_TRAINING=1``, as the CMake option of the same name does. Everything else is in pyproject.toml."""
 
 import os
+import shutil
+from pathlib import Path
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -17,6 +19,15 @@ def with_training() -> bool:
 
 class ProductBuildPy(build_py):
     """Leaves the training modules that sit beside product code in ``groma_ros/`` out of the build."""
+
+    def run(self):
+        if not with_training():  # a build/ left by an earlier build with training would carry it along
+            lib = Path(self.build_lib)
+            for package in TRAINING_PACKAGES:
+                shutil.rmtree(lib.joinpath(*package.split(".")), ignore_errors=True)
+            for package, module in TRAINING_MODULES:
+                lib.joinpath(*package.split("."), f"{module}.py").unlink(missing_ok=True)
+        super().run()
 
     def find_package_modules(self, package, package_dir):
         modules = super().find_package_modules(package, package_dir)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -30,11 +31,15 @@ def source(tmp_path_factory) -> Path:
     return dst
 
 
-def wheel_files(source: Path, out: Path, **env: str) -> list[str]:
+def build_wheel(source: Path, out: Path, **env: str) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", ".", "--no-deps", "--no-build-isolation",
                     "-w", str(out)], cwd=source, check=True, env={**os.environ, **env}, timeout=300)
     [wheel] = out.glob("*.whl")
-    return zipfile.ZipFile(wheel).namelist()
+    return wheel
+
+
+def wheel_files(source: Path, out: Path, **env: str) -> list[str]:
+    return zipfile.ZipFile(build_wheel(source, out, **env)).namelist()
 
 
 def test_the_wheel_carries_the_product_only(source, tmp_path):
@@ -47,3 +52,37 @@ def test_the_training_code_comes_with_the_option(source, tmp_path):
     names = wheel_files(source, tmp_path, GROMA_INSTALL_TRAINING="1")
     assert all(p in names for p in PRODUCT)
     assert all(any(n.startswith(t) for n in names) for t in TRAINING)
+
+
+INSTALLED_CHECK = """
+import importlib, sys
+import cv2, numpy as np
+import groma_ros
+assert sys.argv[1] not in groma_ros.__path__, groma_ros.__path__  # not the checkout
+for name in ("groma_ros.training", "groma_ros.synthetic", "groma_ros.train", "tests"):
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError:
+        continue
+    raise SystemExit(f"{name} is importable from the installed product")
+image = np.zeros((120, 160, 3), np.uint8)
+image[30:90, 40:100] = (0, 0, 255)
+cv2.imwrite("scene.png", image)
+from groma_ros.cli import main
+sys.exit(main(["detect", "scene.png", "--threads", "1"]))
+"""
+
+
+def test_the_installed_product_runs_without_the_checkout(source, tmp_path):
+    """Installed from the wheel alone (no checkout on the path, no .pth of the editable install): the CLI runs
+    the embedded model, and nothing of training or the tests is there to import. It builds after the training
+    wheel in the same tree (tests run in file order), so a build/ left with training in it must not leak."""
+    target = tmp_path / "site"
+    wheel = build_wheel(source, tmp_path / "wheel", GROMA_INSTALL_TRAINING="")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), sysconfig.get_paths()["purelib"]])}
+    run = subprocess.run([sys.executable, "-S", "-c", INSTALLED_CHECK, str(ROOT / "groma_ros")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "score" in run.stdout or "box" in run.stdout, run.stdout

@@ -28,6 +28,21 @@ PROGRESS_MIN_BYTES = 256 << 20  # a progress bar only for checkpoints at least t
 ProgressCallback = Callable[[int, int], None]
 
 
+def progress_logger(log: Callable[[str], None], min_bytes: int = PROGRESS_MIN_BYTES) -> ProgressCallback:
+    """A ``progress`` callback that logs every further 10 % of a checkpoint of at least ``min_bytes`` (for logs,
+    where a bar does not render: a lifecycle manager's operator sees that a minutes-long configure moves)."""
+    logged = 0
+
+    def report(done: int, total: int) -> None:
+        nonlocal logged
+        tenth = done * 10 // max(total, 1)
+        if total >= min_bytes and tenth > logged:
+            logged = tenth
+            log(f"loading model: {tenth * 10} % of {total / 2**30:.2f} GiB")
+
+    return report
+
+
 def default_model_dir() -> Path:
     """Directory of the embedded default model (may not exist yet)."""
     return DEFAULT_MODEL_DIR

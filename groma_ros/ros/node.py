@@ -283,34 +283,20 @@ class GromaNode(LifecycleNode):
 
     def _load_engine(self, p: NodeParams) -> Any:
         from groma_ros.engine import GromaEngine  # torch import only when a model is needed
+        from groma_ros.engine.loading import progress_logger
 
         self.get_logger().info(f"loading model {p.model_path or '<embedded default>'} ...")
         t0 = time.monotonic()
         engine = GromaEngine.from_pretrained(
             p.model_path or None, device=p.model_device, dtype=p.model_dtype,
             num_threads=p.model_num_threads or None, cache_frames=p.model_cache_frames,
-            progress=self._load_progress_logger(), decode=p.model_decode, quantization=p.model_quantization)
+            progress=progress_logger(self.get_logger().info), decode=p.model_decode, quantization=p.model_quantization)
         self.get_logger().info(f"model {engine.model_id} loaded in {time.monotonic() - t0:.1f} s")
         if p.model_decode == "compiled":  # pay the compilation now, not on the first spoken command
             t0 = time.monotonic()
             engine.warm_up()
             self.get_logger().info(f"decode step compiled in {time.monotonic() - t0:.1f} s")
         return engine
-
-    def _load_progress_logger(self) -> Callable[[int, int], None]:
-        """Logs every further 10 % of a big checkpoint's bytes: a 7B takes minutes to read, and a lifecycle
-        manager's operator wants to see that configure is progressing."""
-        from groma_ros.engine.loading import PROGRESS_MIN_BYTES
-
-        logged = [0]
-
-        def log(done: int, total: int) -> None:
-            tenth = done * 10 // max(total, 1)
-            if total >= PROGRESS_MIN_BYTES and tenth > logged[0]:
-                logged[0] = tenth
-                self.get_logger().info(f"loading model: {tenth * 10} % of {total / 2**30:.1f} GiB")
-
-        return log
 
     def _subscribe(self, camera: CameraInput) -> None:
         subs = self._camera_subscriptions

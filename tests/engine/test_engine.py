@@ -259,6 +259,15 @@ def test_load_progress_bar(model_dir, monkeypatch, capsys):
     assert "loading" in capsys.readouterr().err
 
 
+def test_load_progress_logger_logs_each_tenth_once(model_dir):
+    lines: list[str] = []
+    GromaEngine.from_pretrained(str(model_dir), num_threads=1, progress=loading.progress_logger(lines.append, 0))
+    assert [line.split()[2] for line in lines] == [f"{10 * k}" for k in range(1, 11)], lines
+    quiet: list[str] = []  # below the size that deserves it: nothing
+    GromaEngine.from_pretrained(str(model_dir), num_threads=1, progress=loading.progress_logger(quiet.append))
+    assert quiet == []
+
+
 def test_load_progress_callback_counts_every_weight_byte(model_dir):
     reports: list[tuple[int, int]] = []
     GromaEngine.from_pretrained(str(model_dir), num_threads=1, progress=lambda *report: reports.append(report))

@@ -47,11 +47,15 @@ def round_trip(peer: Peer, text: str, timeout: float) -> tuple[float, object]:
     from std_msgs.msg import String
 
     before = len(peer.received)
+
+    def answered() -> tuple[float, object] | None:  # by text: a late answer to an earlier probe is not this one
+        return next(((at, a) for at, a in peer.received[before:] if a.query == text), None)
+
     t0 = time.perf_counter()
     peer.query.publish(String(data=text))
-    if not peer.spin_until(lambda: len(peer.received) > before, timeout):
+    if not peer.spin_until(lambda: answered() is not None, timeout):
         raise RuntimeError(f"no answer to {text!r}")
-    t1, answer = peer.received[before]
+    t1, answer = answered()
     return (t1 - t0) * 1000.0, answer
 
 
@@ -85,7 +89,7 @@ def echo_series(n: int, mode_args: list[str], name: str, log: Path) -> dict:
                             stderr=subprocess.STDOUT)
     peer = Peer(f"latency_{name}", node_name=name)
     try:
-        if not peer.spin_until(peer.matched, 30):
+        if not peer.wait_answering(30):  # a round trip: both sides of both matches are up
             raise RuntimeError(f"echo node did not start: {log.read_text()}")
         for i in range(10):  # warm-up, as for the node
             try:

@@ -40,7 +40,8 @@ def test_a_model_that_does_not_load_is_reported_and_every_query_answered(ros_con
         answer = peer.result_of(peer.send_goal(Ground.Goal(query="where is the mug?")))
         assert answer.status == GroundedAnswer.MODEL_ERROR and "unconfigured" in answer.error, answer.error
         assert peer.wait_answering(), log.read_text()
-        assert all(a.status == GroundedAnswer.MODEL_ERROR for a in peer.answers)
+        everything = peer.answers + peer.probe_answers
+        assert peer.probe_answers and all(a.status == GroundedAnswer.MODEL_ERROR for a in everything)
     finally:
         stop_node(proc)
         peer.close()

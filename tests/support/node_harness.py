@@ -42,6 +42,9 @@ def benchmark_model_dir(workdir: Path, endless: bool = True) -> tuple[Path, str]
     return make_tiny_model_dir(workdir / "tiny_model", endless=endless), "tiny random model (tiny_config)"
 
 
+PROBE_TEXT = "peer round trip probe"  # ~/query texts of Peer.wait_answering
+
+
 def start_node(model_dir: Path, log_path: Path, *extra: str, node_name: str = "groma") -> subprocess.Popen:
     """``groma_node --ros-args --params-file config/groma.yaml -p model.path:=... -r image:=/cam/image_raw ...``"""
     args = [sys.executable, "-m", "groma_ros.ros.node", "--ros-args",
@@ -114,9 +117,15 @@ class Peer:
         self.received: list[tuple[float, Any]] = []
         from rclpy.serialization import deserialize_message
 
+        self.probe_answers: list[Any] = []  # answers to ``wait_answering``'s probes, kept out of ``received``
+
         def on_answer(data: bytes) -> None:  # stamped on arrival, before the Python conversion of the message
             arrived = time.perf_counter()
-            self.received.append((arrived, deserialize_message(data, GroundedAnswer)))
+            answer = deserialize_message(data, GroundedAnswer)
+            if answer.query.startswith(PROBE_TEXT):
+                self.probe_answers.append(answer)
+            else:
+                self.received.append((arrived, answer))
 
         self.answer_subscription = n.create_subscription(GroundedAnswer, f"{self.base}/answer", on_answer, deep,
                                                          raw=True)
@@ -165,15 +174,16 @@ class Peer:
     def wait_answering(self, timeout: float = 30.0) -> bool:
         """Until a query published on ~/query comes back on ~/answer. ``matched`` proves only our side of each
         match: the node's answer writer may not have matched our reader yet and would drop what it publishes.
-        A round trip proves both directions; the probes' answers stay in ``received`` under "round trip" texts."""
+        A round trip proves both directions. The probes' answers (also late ones) go to ``probe_answers``, never
+        to ``received``, so they cannot be mistaken for the answer to a later query."""
         end, attempt = time.monotonic() + timeout, 0
         from std_msgs.msg import String
 
         while time.monotonic() < end:
             if self.matched():
-                self.query.publish(String(data=f"round trip {attempt}"))
+                self.query.publish(String(data=f"{PROBE_TEXT} {attempt}"))
                 attempt += 1
-            if self.spin_until(lambda: any(a.query.startswith("round trip") for a in self.answers), 1.0):
+            if self.spin_until(lambda: bool(self.probe_answers), 1.0):
                 return True
         return False
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from transformers import DeformableDetrConfig, Dinov2Config, LlamaConfig, PreTrainedConfig
 
-from .special_tokens import GROMA_TOKEN_NAMES, GROMA_TOKENS, parse_region_token, region_token
+from . import special_tokens
+from .special_tokens import GROMA_TOKENS, parse_region_token, region_token
 
 # 4.32 class defaults that differ from the transformers 5.x defaults (checked against meta.json config_full;
 # Dinov2's patch_size was 16 in 4.32, which is why 4.32 wrote ``patch_size: 14`` explicitly).
@@ -127,27 +128,27 @@ class GromaTokenIds:
 
     @property
     def image(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["image"])
+        return self.by_name(special_tokens.IMAGE)
 
     @property
     def region(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["region"])
+        return self.by_name(special_tokens.REGION)
 
     @property
     def refer_box(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["rbox"])
+        return self.by_name(special_tokens.REFER_BOX)
 
     @property
     def ground_box(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["gbox"])
+        return self.by_name(special_tokens.GROUND_BOX)
 
     @property
     def refer_feat(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["rfeat"])
+        return self.by_name(special_tokens.REFER_FEAT)
 
     @property
     def grounding(self) -> int:
-        return self.vocab + SPECIAL_TOKENS.index(GROMA_TOKEN_NAMES["ground"])
+        return self.by_name(special_tokens.GROUNDING)
 
     def by_name(self, name: str) -> int:
         """Id of a special token by its text, e.g. ``"<roi>"`` or ``"<r12>"``."""

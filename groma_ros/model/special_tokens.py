@@ -32,6 +32,7 @@ NUM_REGION_TOKENS = 100  # <r0> .. <r99> in the released model
 IMAGE = GROMA_TOKEN_NAMES["image"]
 REGION = GROMA_TOKEN_NAMES["region"]
 REFER_BOX = GROMA_TOKEN_NAMES["rbox"]
+GROUND_BOX = GROMA_TOKEN_NAMES["gbox"]
 REFER_FEAT = GROMA_TOKEN_NAMES["rfeat"]
 GROUNDING = GROMA_TOKEN_NAMES["ground"]
 ROI_OPEN, ROI_CLOSE = GROMA_TOKEN_NAMES["bor"], GROMA_TOKEN_NAMES["eor"]
@@ -47,9 +48,12 @@ def region_tokens(n: int = NUM_REGION_TOKENS) -> tuple[str, ...]:
     return tuple(region_token(k) for k in range(n))
 
 
+_REGION_TOKEN_RE = re.compile(r"<r(0|[1-9]\d*)>")
+
+
 def parse_region_token(text: str) -> int | None:
     """k for ``<r{k}>`` (no leading zeros), else None."""
-    m = re.fullmatch(r"<r(0|[1-9]\d*)>", text)
+    m = _REGION_TOKEN_RE.fullmatch(text)
     return int(m.group(1)) if m else None
 
 

@@ -103,7 +103,7 @@ def _progress_bar(directory: Path, total: int) -> Iterator[Callable[[int], None]
 def _progress(directory: Path, progress: bool | ProgressCallback | None) -> Iterator[Callable[[int], None] | None]:
     """The loader's per-tensor byte callback for ``progress``: a bar (True, big checkpoints only), the caller's
     callback with running totals (ending at ``(total, total)`` once loaded), or nothing."""
-    total = weight_bytes(directory)
+    total = weight_bytes(directory) if progress else 0
     if callable(progress):
         loaded = 0
 

@@ -10,7 +10,6 @@ from typing import Any
 
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16")
 ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-SHORT_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as file names and the converter say it
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "int4")
 
 

@@ -310,17 +310,14 @@ def test_cached_prefix_reproduces_original_generation(tmp_path, monkeypatch):
     """Prefix (up to ``</s>``) prefilled once per region set, each prompt's suffix on a fork of it: the
     greedy tokens and every step's logits equal the original's ``generate`` (the parity fixture's tolerance)."""
     import json
-    import os
-    from pathlib import Path
 
     import cv2
 
     from groma_ros.engine.types import Answer
     from groma_ros.model import GromaForConditionalGeneration, checkpoint
-    from tests.support.checkpoints import fixture_state_dict
+    from tests.support.checkpoints import PARITY_FIXTURE, fixture_state_dict
 
-    repo = Path(__file__).resolve().parents[2]
-    fixture = Path(os.environ.get("GROMA_PARITY_DIR", repo / "tests" / "data" / "groma_parity"))
+    fixture = PARITY_FIXTURE
     if not (fixture / "expected.npz").is_file():
         pytest.skip("parity fixture not available")
     expected = dict(np.load(fixture / "expected.npz"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +14,10 @@ from transformers import DynamicCache
 from groma_ros.engine.perception import FrameCache, Perception, PrefixState, clip_user_box, fork_cache
 from groma_ros.engine.preprocess import ImageError, check_image, preprocess
 from groma_ros.model.generation import greedy_decode
+from tests.support.checkpoints import PARITY_FIXTURE
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO / "tests" / "data" / "groma_parity"))
+FIXTURE = PARITY_FIXTURE
 V, EOS = 10, 2
 
 

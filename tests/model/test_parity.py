@@ -1,14 +1,12 @@
 """Parity with the original implementation on the shared fixture (tolerances: tests/data/groma_parity/README.md)."""
 
-import os
-from pathlib import Path
 
 import pytest
 
+from tests.support.checkpoints import PARITY_FIXTURE
 from tests.support.parity import run_parity
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO / "tests" / "data" / "groma_parity"))
+FIXTURE = PARITY_FIXTURE
 
 
 def test_parity_with_original(tmp_path):

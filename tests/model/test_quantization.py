@@ -1,6 +1,6 @@
 """Weight-only int8 / int4 LLM linears through torchao, on the CPU, against bf16 on the parity fixture's prompts.
 
-The fixture model (shared/groma_parity: one 4096-wide LLaMA layer, random weights with sharpened q/k) is the
+The fixture model (tests/data/groma_parity: one 4096-wide LLaMA layer, random weights with sharpened q/k) is the
 hardest case for quantization: nothing in it was trained to tolerate noise. Findings that set the bounds:
 - int8 keeps bf16's greedy tokens on all three prompts (10 tokens each); step logits move by <= 0.08 (logit
   scale ~4), bound 0.2;
@@ -14,7 +14,6 @@ hardest case for quantization: nothing in it was trained to tolerate noise. Find
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +22,10 @@ import torch
 
 from groma_ros.model import GromaForConditionalGeneration
 from groma_ros.model.quantization import is_quantized, parameter_bytes, quantizable_weights, quantize_weight
+from tests.support.checkpoints import PARITY_FIXTURE
 
 torch.set_num_threads(2)
-REPO = Path(__file__).resolve().parents[2]
-FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", REPO.parent / "shared" / "groma_parity"))
+FIXTURE = PARITY_FIXTURE
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import re
 import zlib
 from pathlib import Path
@@ -22,8 +23,11 @@ from groma_ros.model.checkpoint import ALIAS_RE, build_empty, to_release_state_d
 from groma_ros.model.configuration_groma import GromaConfig
 from groma_ros.model.modeling_groma import GromaForConditionalGeneration
 
-
 # ------------------------------------------------------------------------------- parity fixture weights
+# the original implementation's outputs for a tiny model, in the repository (GROMA_PARITY_DIR points elsewhere)
+PARITY_FIXTURE = Path(os.environ.get("GROMA_PARITY_DIR", Path(__file__).resolve().parents[1] / "data" / "groma_parity"))
+
+
 def rule_tensor(key: str, shape: tuple[int, ...], rules: list[dict], seed_offset: int = 0) -> torch.Tensor:
     """The parity fixture's weight rule (``tests/data/groma_parity/README.md``) for one key."""
     canonical = ALIAS_RE.sub(r"perceiver.ddetr_transformer.\1.", key)

@@ -86,9 +86,10 @@ def user_peer(node_name: str) -> Iterator[Peer]:
 
 
 def answered_frame(peer: Peer, log: Path, text: str = "where is the red box?", **frame) -> tuple:
-    """Publish one frame on /cam/image_raw, ask, return (header, answer); the answer must be OK."""
+    """Publish a frame on /cam/image_raw until the node has it, ask, return (header, answer); the answer must be
+    OK. (One frame alone can be lost: the camera subscription is best effort, as camera drivers publish.)"""
     assert peer.wait_active(START_TIMEOUT), log.read_text()[-4000:]
-    header = peer.publish_frame(settle_s=0.5, **frame)
+    header = peer.publish_until_seen(**frame)
     answer = peer.ask(text, timeout=60)
     assert answer.status == GroundedAnswer.OK, (answer.error, log.read_text()[-3000:])
     return header, answer

@@ -174,25 +174,31 @@ def test_every_lifecycle_state_answers(model_dir, ros_context, tmp_path):
                 expected[f"{tag} goal {i}"] = status_text
                 f.result().get_result_async()
 
+        def all_answered(tag: str) -> bool:
+            """Before the next transition: a query still in flight is judged in the state that takes it."""
+            return peer.spin_until(lambda: all(v for t, v in peer.answers_to(list(expected)).items()
+                                               if t.startswith(tag)), 30)
+
         ask_all("unconfigured", "state: unconfigured")
-        assert peer.spin_until(lambda: all(peer.answers_to(list(expected)).values()), 20)
+        assert all_answered("unconfigured")
         # queries sent while configure loads the model are answered after it (the executor is busy meanwhile)
         assert peer.change_state.wait_for_service(timeout_sec=10)
         configure = peer.change_state.call_async(
             ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
         ask_all("configuring", "")
         assert peer.spin_until(configure.done, 60) and configure.result().success
-        assert peer.state() == State.PRIMARY_STATE_INACTIVE
+        assert peer.state() == State.PRIMARY_STATE_INACTIVE and all_answered("configuring")
         ask_all("inactive", "state: inactive")
+        assert all_answered("inactive")
         assert peer.lifecycle(Transition.TRANSITION_ACTIVATE)
         assert peer.wait_active()
         peer.publish_until_seen()
         ask_all("active", "")
-        assert peer.spin_until(lambda: all(v for t, v in peer.answers_to(list(expected)).items()
-                                           if t.startswith("active")), 30)
+        assert all_answered("active")
         assert peer.lifecycle(Transition.TRANSITION_DEACTIVATE)
         assert peer.lifecycle(Transition.TRANSITION_CLEANUP)
         ask_all("cleaned", "state: unconfigured")
+        assert all_answered("cleaned")
         assert peer.lifecycle(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
         ask_all("finalized", "state: finalized")
         assert peer.spin_until(lambda: all(peer.answers_to(list(expected)).values()), 60), \

@@ -64,7 +64,8 @@ class CompiledPerception:
         source, _ = model.perceiver.proposer_source(states, grid)
         proposals = model.perceiver.ddetr_transformer.forward(source)
         encoder = model.region_encoder
-        maps = encoder.mlvl_fuse.forward(encoder.fuse_inputs(states, grid), channels_last=encoder._fast())
+        maps = encoder.mlvl_fuse.forward(encoder.grid_maps(states, grid), encoder.level_sizes,
+                                        channels_last=encoder._fast())
         return (image_tokens, proposals.boxes, proposals.scores, *maps)
 
     def _region_graph(self, maps: tuple[torch.Tensor, ...], boxes: torch.Tensor) -> torch.Tensor:

@@ -5,16 +5,18 @@ three vision hidden states (done once per image), ``forward`` pools boxes from t
 Widths 256 (box-position MLP), 1024 (RoI feature) and 4096 (output) were hard-coded upstream; here they are
 ``region_pos_dim``, ``region_feat_dim`` and ``region_out_dim`` with those defaults.
 
-Two implementations of the same function (``GromaRegionEncoder.implementation``): ``"fast"`` (default) keeps
-every map channels-last (NHWC) so the 3x3 convs and the resizes run the CPU's fast NHWC kernels, samples RoIs
-with one ``grid_sample`` per level (``ops.roi_align_levels``) and applies the three per-level RoI convs as one
-conv over their concatenated channels; ``"reference"`` is the direct transcription (NCHW, gather RoIAlign),
-kept to check the fast one against and to measure it (``benchmarks/engine_latency.py``). Both pass the parity
-fixture; they differ by float rounding (region tokens max 2e-5 on the fixture).
+Two implementations of the same function (``GromaRegionEncoder.implementation``): ``"fast"`` (default) runs the
+input 1x1 convs on the ViT grid before the resize, keeps every map channels-last (NHWC) so the 3x3 convs and
+the resizes run the CPU's fast NHWC kernels, samples RoIs with one ``grid_sample`` per level
+(``ops.roi_align_levels``) and applies the three per-level RoI convs as one conv over their concatenated channels;
+``"reference"`` is the direct transcription (NCHW, gather RoIAlign), kept to check the fast one against and to
+measure it (``benchmarks/engine_latency.py``). Both pass the parity fixture; they differ by float rounding
+(region tokens max 2e-5 on the fixture).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -66,10 +68,15 @@ class MultiLevelFuse(nn.Module):
         )
         return torch.stack([x, y])[None].expand(b, -1, -1, -1).to(feat.dtype)
 
-    def forward(self, feats: list[torch.Tensor], channels_last: bool = False) -> list[torch.Tensor]:
-        """``channels_last``: the fast form (``_forward_nhwc``), same values up to float rounding."""
+    def forward(self, grids: list[torch.Tensor], sizes: Sequence[int],
+                channels_last: bool = False) -> list[torch.Tensor]:
+        """grids: the levels' ViT maps [B, D, g, g]; sizes: the levels' map sizes (each map is its grid resized
+        bilinearly, align_corners=True, in float32). ``channels_last``: the fast form (``_forward_nhwc``), same
+        values up to float rounding."""
         if channels_last:
-            return self._forward_nhwc(feats)
+            return self._forward_nhwc(grids, sizes)
+        feats = [F.interpolate(f.float(), size=(s, s), mode="bilinear", align_corners=True).to(f.dtype)
+                 for f, s in zip(grids, sizes, strict=True)]
         feats = [
             conv(torch.cat([f, self._coords(f)], dim=1))
             for conv, f in zip(self.input_conv, feats, strict=True)
@@ -89,53 +96,66 @@ class MultiLevelFuse(nn.Module):
             feats = fused
         return feats
 
-    def _forward_nhwc(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The same rounds with every map in NHWC memory (the CPU's fast conv and resize layout); the input
-        1x1 convs as matrix products with the coordinate channels' constant term added, a level's own
-        channels taken as they are instead of resized to their own size (an exact identity), and the finest
-        level's last quarter of channels not computed where nothing reads them (every round but the last:
-        a quarter of its conv, which is 3/4 of all fuse arithmetic)."""
+    def _forward_nhwc(self, grids: list[torch.Tensor], sizes: Sequence[int]) -> list[torch.Tensor]:
+        """The same rounds with every map in NHWC memory (the CPU's fast conv and resize layout). The input
+        1x1 convs run on the grids before the resize (``_input_maps_nhwc``); in every round a level's own
+        channels are taken as they are instead of resized to their own size (an exact identity), and the finest
+        level's last quarter of channels is not computed where nothing reads it (every round but the last: a
+        quarter of its conv, which is 3/4 of all fuse arithmetic)."""
+        maps = self._input_maps_nhwc(grids, sizes)
+        rounds = len(self.fuse_convs)
+        for round_index, fuse in enumerate(self.fuse_convs):
+            skip = round_index < rounds - 1 and self._top_channels_unused(fuse)
+            maps = self._round_nhwc(maps, fuse, skip)
+        return maps
+
+    def _input_maps_nhwc(self, grids: list[torch.Tensor], sizes: Sequence[int]) -> list[torch.Tensor]:
+        """The input 1x1 convs on the g x g grids, then the resize to each level's size: a bilinear resize
+        commutes with a per-pixel linear map and reproduces the coordinate channels (linear in x and y), so
+        this equals the conv of the resized maps at 1/16 of the finest level's multiply-adds."""
+        first = grids[0]
+        b, _, g, _ = first.shape
+        dtype = first.dtype  # half maps: the grid products and the resize in float32, one rounding at the end
+        coords = self._coords(first[:, :1].float())[0].permute(1, 2, 0).reshape(g * g, 2)
         maps = []
-        for conv, f in zip(self.input_conv, feats, strict=True):
-            b, c, h, w = f.shape
-            weight = conv.weight.reshape(conv.out_channels, c + 2)
-            coords = self._coords(f)[0].permute(1, 2, 0).reshape(h * w, 2)
-            constant = torch.addmm(conv.bias, coords, weight[:, c:].t())  # [h*w, D], the same for every image
-            pixels = f.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            out = torch.stack([torch.addmm(constant, p, weight[:, :c].t()) for p in pixels])
-            maps.append(out.view(b, h, w, -1).permute(0, 3, 1, 2))  # NCHW view of NHWC memory
-        last, rounds = self.num_levels - 1, len(self.fuse_convs)
+        for conv, f, size in zip(self.input_conv, grids, sizes, strict=True):
+            c = f.shape[1]
+            weight = conv.weight.reshape(conv.out_channels, c + 2).float()
+            constant = torch.addmm(conv.bias.float(), coords, weight[:, c:].t())  # [g*g, D], every image
+            pixels = f.permute(0, 2, 3, 1).reshape(b, g * g, c).float()
+            cells = torch.baddbmm(constant, pixels, weight[:, :c].t().expand(b, -1, -1))  # [B, g*g, D]
+            cells = cells.view(b, g, g, -1).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+            if size != g:
+                cells = F.interpolate(cells, size=(size, size), mode="bilinear", align_corners=True)
+            maps.append(cells.to(dtype))
+        return maps
+
+    def _round_nhwc(self, maps: list[torch.Tensor], fuse: ConvGNReLU, skip: bool) -> list[torch.Tensor]:
+        """One round on NHWC maps; ``skip``: level 0's last channel quarter is not computed."""
+        last = self.num_levels - 1
         top, down = slice(self.remain + self.quarter, None), slice(self.remain, self.remain + self.quarter)
         half = maps[0].dtype != torch.float32
-        for round_index, fuse in enumerate(self.fuse_convs):
-            weight, gn = fuse.conv.weight, fuse.gn
-            skip = round_index < rounds - 1 and self._top_channels_unused(fuse)
-            keep = self.remain + self.quarter if skip else self.dims
-            fused = []
-            for lvl, tar in enumerate(maps):
-                size = tar.shape[-2:]
-                parts = [tar[:, : self.remain].permute(0, 2, 3, 1)]
-                for src, channels in ((min(lvl + 1, last), top), (max(lvl - 1, 0), down)):
-                    part = maps[src][:, channels]
-                    if src != lvl:  # a channel slice is no NHWC tensor to the kernels: make it one first
-                        part = (part.float() if half else part).contiguous(memory_format=torch.channels_last)
-                        part = F.interpolate(part, size=size, mode="bilinear", align_corners=True)
-                        part = part.to(tar.dtype) if half else part
-                    parts.append(part.permute(0, 2, 3, 1))
-                # concatenated along the innermost (channel) axis of the NHWC memory, then seen as NCHW again
-                stacked = torch.cat(parts, dim=3).permute(0, 3, 1, 2)
-                if lvl == 0 and skip:
-                    # level 0's channels [3D/4, D) feed no one before the last round (the level above takes its
-                    # "top" part from level 1): skip their conv; their GroupNorm groups are separate ones
-                    out = F.conv2d(stacked, weight[:keep], None, 1, 1)
-                    out = F.group_norm(out, gn.num_groups * keep // self.dims, gn.weight[:keep], gn.bias[:keep],
-                                       gn.eps)
-                else:
-                    out = F.group_norm(F.conv2d(stacked, weight, None, 1, 1), gn.num_groups, gn.weight, gn.bias,
-                                       gn.eps)
-                fused.append(torch.relu_(out))
-            maps = fused
-        return maps
+        fused = []
+        for lvl, tar in enumerate(maps):
+            size = tar.shape[-2:]
+            parts = [tar[:, : self.remain].permute(0, 2, 3, 1)]
+            for src, channels in ((min(lvl + 1, last), top), (max(lvl - 1, 0), down)):
+                part = maps[src][:, channels]
+                if src != lvl:  # a channel slice is no NHWC tensor to the kernels: make it one first
+                    part = (part.float() if half else part).contiguous(memory_format=torch.channels_last)
+                    part = F.interpolate(part, size=size, mode="bilinear", align_corners=True)
+                    part = part.to(tar.dtype) if half else part
+                parts.append(part.permute(0, 2, 3, 1))
+            # concatenated along the innermost (channel) axis of the NHWC memory, then seen as NCHW again
+            stacked = torch.cat(parts, dim=3).permute(0, 3, 1, 2)
+            # level 0's channels [3D/4, D) feed no one before the last round (the level above takes its "top"
+            # part from level 1): skip their conv; their GroupNorm groups are separate ones
+            keep = self.remain + self.quarter if lvl == 0 and skip else self.dims
+            gn = fuse.gn
+            out = F.conv2d(stacked, fuse.conv.weight[:keep], None, 1, 1)
+            out = F.group_norm(out, gn.num_groups * keep // self.dims, gn.weight[:keep], gn.bias[:keep], gn.eps)
+            fused.append(torch.relu_(out))
+        return fused
 
     def _top_channels_unused(self, fuse: ConvGNReLU) -> bool:
         """Whether the skipped channels form whole GroupNorm groups (then skipping them is exact)."""
@@ -195,16 +215,15 @@ class GromaRegionEncoder(nn.Module):
 
     def fuse(self, hidden_states: list[torch.Tensor], grid: int) -> list[torch.Tensor]:
         """Last three hidden states (CLS dropped) -> three fused maps of sizes 4g, 2g, g ([B, D, s, s])."""
-        return self.mlvl_fuse(self.fuse_inputs(hidden_states, grid), channels_last=self._fast())
+        return self.mlvl_fuse(self.grid_maps(hidden_states, grid), self.level_sizes, channels_last=self._fast())
 
-    def fuse_inputs(self, hidden_states: list[torch.Tensor], grid: int) -> list[torch.Tensor]:
-        """The three per-level maps ``mlvl_fuse`` starts from (the last states resized to 4g, 2g, g)."""
+    @staticmethod
+    def grid_maps(hidden_states: list[torch.Tensor], grid: int) -> list[torch.Tensor]:
+        """The last three hidden states as [B, D, g, g] maps (NCHW views of the states' NHWC memory)."""
         maps = []
-        for state, size in zip(hidden_states[-3:], self.level_sizes, strict=True):
+        for state in hidden_states[-3:]:
             b, _, d = state.shape
-            feat = state[:, 1:].reshape(b, grid, grid, d).permute(0, 3, 1, 2)
-            feat = F.interpolate(feat.float(), size=(size, size), mode="bilinear", align_corners=True)
-            maps.append(feat.to(state.dtype))
+            maps.append(state[:, 1:].reshape(b, grid, grid, d).permute(0, 3, 1, 2))
         return maps
 
     def _fast(self) -> bool:

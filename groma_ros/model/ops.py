@@ -294,9 +294,9 @@ def roi_align_levels(features: list[torch.Tensor], rois: torch.Tensor, output_si
     Same sample positions as ``roi_align`` (computed for every level in one pass); clamping the coordinates to
     [0, size - 1] and sampling with border padding is the kernel's clamp rule, and the outside mask zeroes what
     it drops. Values differ from ``roi_align`` only by the round trip through normalised coordinates (max 1e-5
-    on unit-scale features). The ``sampling_ratio``² samples of a bin are the innermost axis of the sampling
-    grid, so their mean is a contiguous reduction. The result is float32 in channels-last memory (what the RoI
-    conv wants), and no intermediate depends on more than one image.
+    on unit-scale features). The ``sampling_ratio``² samples of a bin are the outermost axis of the sampling
+    grid, so their mean is a reduction vectorised along the RoIs' bins. The result is float32 in channels-last
+    memory (what the RoI conv wants), and no intermediate depends on more than one image.
     """
     rois = rois.float()
     device = rois.device
@@ -313,17 +313,21 @@ def roi_align_levels(features: list[torch.Tensor], rois: torch.Tensor, output_si
     i = torch.arange(sampling_ratio, device=device, dtype=torch.float32).repeat(output_size)
     ys = start_h[..., None] + p * bin_h[..., None] + (i + 0.5) * bin_h[..., None] / sampling_ratio  # [L, K, s*r]
     xs = start_w[..., None] + p * bin_w[..., None] + (i + 0.5) * bin_w[..., None] / sampling_ratio
-    inside = (((ys >= -1.0) & (ys <= height)).view(levels, k, s, 1, r, 1)
-              & ((xs >= -1.0) & (xs <= width)).view(levels, k, 1, s, 1, r))
-    weight = inside.reshape(levels, k * s * s, r * r).float() / float(r * r)
-    gy = ((2 * torch.minimum(ys.clamp(min=0), height - 1) + 1) / height - 1).view(levels, k, s, 1, r, 1)
-    gx = ((2 * torch.minimum(xs.clamp(min=0), width - 1) + 1) / width - 1).view(levels, k, 1, s, 1, r)
-    shape = (levels, k, s, s, r, r)
-    grid = torch.stack([gx.expand(shape), gy.expand(shape)], dim=-1).reshape(levels, k * s * s, r * r, 2)
+    # sample axes outermost, (RoI, bin row, bin column) innermost: [L, r (row), r (column), K, s, s]; a bin's
+    # mean is then a sum over an outer axis, which runs vectorised along the long inner one
+    ys = ys.view(levels, k, s, r).permute(0, 3, 1, 2)[:, :, None, :, :, None]  # [L, r, 1, K, s, 1]
+    xs = xs.view(levels, k, s, r).permute(0, 3, 1, 2)[:, None, :, :, None, :]  # [L, 1, r, K, 1, s]
+    height, width = height[..., None, None, None], width[..., None, None, None]
+    inside = ((ys >= -1.0) & (ys <= height)) & ((xs >= -1.0) & (xs <= width))
+    weight = inside.reshape(levels, r * r, k * s * s).float() / float(r * r)
+    gy = (2 * torch.minimum(ys.clamp(min=0), height - 1) + 1) / height - 1
+    gx = (2 * torch.minimum(xs.clamp(min=0), width - 1) + 1) / width - 1
+    shape = (levels, r, r, k, s, s)
+    grid = torch.stack([gx.expand(shape), gy.expand(shape)], dim=-1).reshape(levels, r * r, k * s * s, 2)
     batch_size = features[0].shape[0]
     if batch_size == 1:
         pooled = torch.cat([(F.grid_sample(f.float(), grid[lvl, None], mode="bilinear", padding_mode="border",
-                                           align_corners=False)[0] * weight[lvl]).sum(-1)
+                                           align_corners=False)[0] * weight[lvl]).sum(1)
                             for lvl, f in enumerate(features)])  # [sum(C), K*s*s]
         return pooled.t().contiguous().view(k, s, s, -1).permute(0, 3, 1, 2)
     out = torch.empty(k, s, s, sum(f.shape[1] for f in features), device=device)

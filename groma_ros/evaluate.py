@@ -15,6 +15,7 @@ attribute follow-ups ("what colour is it?") and the third turns. ``--shuffled`` 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import time
@@ -86,7 +87,8 @@ def evaluate_dialogue(engine: GromaEngine, perception, dialogue: Dialogue, gt: n
 
 
 def evaluate_scene(engine: GromaEngine, scene: Scene, acc: EvalAccumulator, tasks: Iterable[str] = ALL_TASKS,
-                   max_per_task: int | None = None, region_qa_kinds: Iterable[str] | None = None) -> None:
+                   max_per_task: int | None = None, region_qa_kinds: Iterable[str] | None = None,
+                   conversation_prefix: str = "eval") -> None:
     """Ask every (or the first ``max_per_task``) sample of ``tasks`` about ``scene`` and record the results."""
     tasks = set(tasks)
     perception = engine.perceive(scene.image)
@@ -118,7 +120,10 @@ def evaluate_scene(engine: GromaEngine, scene: Scene, acc: EvalAccumulator, task
             acc.add_answer(sample.task, answer.text, sample.answer, sample.kind)
     if "dialogue" in tasks:
         for i, dialogue in enumerate(generate_dialogues(scene)[:max_per_task]):
-            evaluate_dialogue(engine, perception, dialogue, gt, acc, f"eval-{scene.seed}-{i}")
+            evaluate_dialogue(engine, perception, dialogue, gt, acc, f"{conversation_prefix}-{scene.seed}-{i}")
+
+
+_EVALUATIONS = itertools.count()
 
 
 def evaluate(engine: GromaEngine, split: str = "test", limit: int = 40, shuffled: bool = False,
@@ -126,11 +131,13 @@ def evaluate(engine: GromaEngine, split: str = "test", limit: int = 40, shuffled
              region_qa_kinds: Iterable[str] | None = None, progress: bool = True, seed: int = 0) -> EvalAccumulator:
     """Evaluate the first ``limit`` scenes of ``split``; restores the engine's region order afterwards."""
     acc = EvalAccumulator()
+    # an ended conversation id stays ended in the engine: every evaluation holds its dialogues under new ids
+    prefix = f"eval{next(_EVALUATIONS)}"
     if shuffled:
         shuffle_regions(engine, seed)
     try:
         for s in tqdm(split_seeds(split, limit), desc=f"eval {split}", disable=not progress, mininterval=5):
-            evaluate_scene(engine, generate_scene(s), acc, tasks, max_per_task, region_qa_kinds)
+            evaluate_scene(engine, generate_scene(s), acc, tasks, max_per_task, region_qa_kinds, prefix)
     finally:
         if shuffled:
             unshuffle_regions(engine)
